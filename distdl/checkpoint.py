@@ -1,0 +1,199 @@
+"""The only module that knows checkpoint file names.
+
+A checkpoint is a folder (local or URI) holding nothing that needs unpickling:
+
+    model.safetensors      weights
+    model.json             {"family", "args"}: enough to rebuild the nn.Module
+    preprocessor.json      the fitted Preprocessor
+    spec.yaml              the resolved job spec that produced it
+    train_state.json       epoch, metric history, best so far, optimizer hyper-parameters
+    optimizer.safetensors  optimizer tensors (moments, steps), for exact resume
+    COMPLETE               written last; a folder without it is ignored
+
+A run folder ``<storage>/<name>`` holds ``checkpoints/epoch_NNNN`` (the newest ``keep``),
+``best/`` (a copy of the best by the chosen metric) and ``metrics.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from distdl import models
+from distdl.preprocess import ImagePreprocessor
+
+MARKER = "COMPLETE"
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+METRICS = "metrics.jsonl"
+
+
+def _fs(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), str(Path(path).absolute())
+
+
+def join(*parts: str) -> str:
+    return "/".join(p.rstrip("/") for p in parts)
+
+
+def epoch_dir(run_dir: str, epoch: int) -> str:
+    return join(run_dir, CHECKPOINTS, f"epoch_{epoch:04d}")
+
+
+def best_dir(run_dir: str) -> str:
+    return join(run_dir, BEST)
+
+
+# ---- writing (rank 0) --------------------------------------------------------------------
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split torch optimizer state into tensors (safetensors) and plain values (JSON)."""
+    tensors, scalars = {}, {}
+    for pid, per_param in state["state"].items():
+        for name, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}/{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}/{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in [*tensors.items(), *meta["scalars"].items()]:
+        pid, name = key.split("/", 1)
+        state.setdefault(int(pid), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save(dest: str, model: nn.Module, family: str, model_cfg: Any, preprocessor: ImagePreprocessor,
+         spec: dict, train_state: dict, optimizer: torch.optim.Optimizer | None = None) -> str:
+    """Write a complete checkpoint to ``dest`` (replacing any there); the marker goes last."""
+    fs, inner = _fs(dest)
+    with tempfile.TemporaryDirectory(prefix="distdl-ckpt-") as tmp:
+        local = Path(tmp)
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, local / "model.safetensors")
+        (local / "model.json").write_text(json.dumps({"family": family, "args": models.config_args(model_cfg)}, indent=2))
+        (local / "preprocessor.json").write_text(preprocessor.to_json())
+        (local / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        state = dict(train_state)
+        if optimizer is not None:
+            tensors, state["optimizer"] = _flatten_optimizer(optimizer.state_dict())
+            save_file(tensors, local / "optimizer.safetensors")
+        (local / "train_state.json").write_text(json.dumps(state, indent=2))
+        fs.delete_dir_contents(inner, missing_dir_ok=True)
+        fs.create_dir(inner, recursive=True)
+        pyarrow.fs.copy_files(tmp, inner, destination_filesystem=fs)
+    with fs.open_output_stream(join(inner, MARKER)) as f:
+        f.write(b"ok\n")
+    return dest
+
+
+def prune(run_dir: str, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete epoch checkpoints (and any incomplete older)."""
+    complete = list_checkpoints(run_dir)
+    fs, inner = _fs(run_dir)
+    for path in complete[:-keep]:
+        fs.delete_dir(_fs(path)[1])
+
+
+def copy(src: str, dest: str) -> None:
+    """Copy a complete checkpoint folder; the marker is copied last."""
+    src_fs, src_inner = _fs(src)
+    dest_fs, dest_inner = _fs(dest)
+    dest_fs.delete_dir_contents(dest_inner, missing_dir_ok=True)
+    dest_fs.create_dir(dest_inner, recursive=True)
+    for info in src_fs.get_file_info(pyarrow.fs.FileSelector(src_inner)):
+        if info.base_name != MARKER:
+            pyarrow.fs.copy_files(info.path, join(dest_inner, info.base_name), src_fs, dest_fs)
+    pyarrow.fs.copy_files(join(src_inner, MARKER), join(dest_inner, MARKER), src_fs, dest_fs)
+
+
+# ---- finding -----------------------------------------------------------------------------
+def is_complete(path: str) -> bool:
+    fs, inner = _fs(path)
+    return fs.get_file_info(join(inner, MARKER)).type == pyarrow.fs.FileType.File
+
+
+def list_checkpoints(run_dir: str) -> list[str]:
+    """Complete epoch checkpoints of a run, oldest first."""
+    fs, inner = _fs(run_dir)
+    root = join(inner, CHECKPOINTS)
+    if fs.get_file_info(root).type != pyarrow.fs.FileType.Directory:
+        return []
+    found = sorted(i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(root))
+                   if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("epoch_"))
+    return [p for p in (join(run_dir, CHECKPOINTS, name) for name in found) if is_complete(p)]
+
+
+def latest(run_dir: str) -> str | None:
+    """The newest complete checkpoint in storage; the resume point even when Ray's own
+    checkpoint registry missed the last report (see DESIGN.md)."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+# ---- reading -----------------------------------------------------------------------------
+def _read_text(path: str, name: str) -> str:
+    fs, inner = _fs(path)
+    with fs.open_input_stream(join(inner, name)) as f:
+        return f.read().decode()
+
+
+def _read_tensors(path: str, name: str) -> dict[str, torch.Tensor]:
+    fs, inner = _fs(path)
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        return load_file(join(inner, name))
+    with tempfile.TemporaryDirectory() as tmp:
+        pyarrow.fs.copy_files(join(inner, name), join(tmp, name), source_filesystem=fs)
+        return load_file(join(tmp, name))
+
+
+def _require_complete(path: str) -> None:
+    if not is_complete(path):
+        raise FileNotFoundError(f"{path} is not a complete distdl checkpoint (no {MARKER} marker)")
+
+
+def load_model(path: str) -> tuple[nn.Module, ImagePreprocessor, dict]:
+    """(model in eval mode on CPU, preprocessor, model.json) from a checkpoint folder."""
+    _require_complete(path)
+    meta = json.loads(_read_text(path, "model.json"))
+    cfg = models.config_from_args(meta["family"], meta["args"])
+    model = models.build_model(meta["family"], cfg)
+    model.load_state_dict(_read_tensors(path, "model.safetensors"))
+    preprocessor = ImagePreprocessor.from_json(_read_text(path, "preprocessor.json"))
+    return model.eval(), preprocessor, meta
+
+
+def load_weights(path: str) -> dict[str, torch.Tensor]:
+    return _read_tensors(path, "model.safetensors")
+
+
+def load_train_state(path: str) -> tuple[dict, dict | None]:
+    """(train_state.json, optimizer state_dict or None) for resuming."""
+    _require_complete(path)
+    state = json.loads(_read_text(path, "train_state.json"))
+    meta = state.pop("optimizer", None)
+    optimizer = _unflatten_optimizer(_read_tensors(path, "optimizer.safetensors"), meta) if meta else None
+    return state, optimizer
+
+
+def load_spec(path: str) -> dict:
+    return yaml.safe_load(_read_text(path, "spec.yaml"))
+
+
+def write_metrics(run_dir: str, history: list[dict]) -> None:
+    """Rewrite metrics.jsonl from the checkpointed history, so a restart never duplicates lines."""
+    fs, inner = _fs(run_dir)
+    fs.create_dir(inner, recursive=True)
+    with fs.open_output_stream(join(inner, METRICS)) as f:
+        f.write("".join(json.dumps(row) + "\n" for row in history).encode())

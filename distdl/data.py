@@ -1,0 +1,108 @@
+"""Readers and the train/val split, all lazy Ray Data datasets built on the driver.
+
+Nothing here materializes the data in the driver: readers stream from local paths or
+URIs (s3://, gs://) and the validation split is a deterministic hash of each row's key,
+so the same row always lands on the same side, on every epoch and every re-run.
+"""
+from __future__ import annotations
+
+import hashlib
+import posixpath
+
+import numpy as np
+import pyarrow.fs
+
+import ray.data
+
+IMAGE_EXTENSIONS = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
+EXTENSION_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}
+
+
+class DataError(ValueError):
+    """Data that cannot be read: names the path and what was expected."""
+
+
+def _filesystem(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), path
+
+
+def infer_format(path: str) -> str:
+    """Format from the extension, or for a folder from what it holds."""
+    fs, inner = _filesystem(path)
+    info = fs.get_file_info(inner)
+    if info.type == pyarrow.fs.FileType.NotFound:
+        raise DataError(f"data path not found: {path}")
+    if info.type == pyarrow.fs.FileType.File:
+        ext = posixpath.splitext(inner)[1].lower()
+        if ext not in EXTENSION_FORMATS:
+            raise DataError(f"cannot infer the format of {path} from '{ext}'; set data.format")
+        return EXTENSION_FORMATS[ext]
+    entries = fs.get_file_info(pyarrow.fs.FileSelector(inner, recursive=False))
+    if any(e.type == pyarrow.fs.FileType.Directory for e in entries):
+        return "image_folder"
+    exts = {posixpath.splitext(e.path)[1].lower() for e in entries if not e.base_name.startswith((".", "_"))}
+    found = sorted({EXTENSION_FORMATS[e] for e in exts if e in EXTENSION_FORMATS})
+    if len(found) != 1:
+        raise DataError(f"cannot infer the format of folder {path} (extensions {sorted(exts)}); set data.format")
+    return found[0]
+
+
+def read(path: str, fmt: str = "auto") -> ray.data.Dataset:
+    """A lazy dataset of raw rows; image folders give columns image (bytes), label, path."""
+    fmt = infer_format(path) if fmt == "auto" else fmt
+    if fmt == "parquet":
+        return ray.data.read_parquet(path)
+    if fmt == "csv":
+        return ray.data.read_csv(path)
+    if fmt == "jsonl":
+        return ray.data.read_json(path, lines=True)
+    if fmt == "text":
+        return ray.data.read_text(path)
+    if fmt == "image_folder":
+        files = ray.data.read_binary_files(path, include_paths=True, file_extensions=IMAGE_EXTENSIONS)
+        return files.map_batches(_label_from_folder, batch_format="numpy")
+    raise DataError(f"unknown data format {fmt!r}")
+
+
+def _label_from_folder(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    paths = batch["path"]
+    labels = np.array([posixpath.basename(posixpath.dirname(p)) for p in paths], dtype=object)
+    return {"image": batch["bytes"], "label": labels, "path": paths}
+
+
+def split(ds: ray.data.Dataset, val_fraction: float, seed: int, key_column: str | None) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """(train, val) by a salted hash of each row's key: its id column, file path, or content."""
+    kwargs = {"val_fraction": val_fraction, "seed": seed, "key_column": key_column}
+    train = ds.map_batches(_keep_side, fn_kwargs={**kwargs, "want_val": False}, batch_format="numpy")
+    val = ds.map_batches(_keep_side, fn_kwargs={**kwargs, "want_val": True}, batch_format="numpy")
+    return train, val
+
+
+def _keep_side(batch: dict[str, np.ndarray], val_fraction: float, seed: int, key_column: str | None,
+               want_val: bool) -> dict[str, np.ndarray]:
+    columns = [key_column] if key_column else (["path"] if "path" in batch else sorted(batch))
+    n = len(next(iter(batch.values())))
+    is_val = np.array([_unit_hash(seed, [batch[c][i] for c in columns]) < val_fraction for i in range(n)], dtype=bool)
+    mask = is_val if want_val else ~is_val
+    return {k: v[mask] for k, v in batch.items()}
+
+
+def _unit_hash(seed: int, values: list) -> float:
+    h = hashlib.blake2b(str(seed).encode(), digest_size=8)
+    for v in values:
+        if isinstance(v, np.ndarray):
+            v = v.tobytes()
+        elif not isinstance(v, bytes):
+            v = str(v.item() if isinstance(v, np.generic) else v).encode()
+        h.update(v)
+    return int.from_bytes(h.digest(), "little") / 2**64
+
+
+def train_val(train_path: str, val_path: str | None, fmt: str, val_fraction: float, seed: int,
+              id_column: str | None) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    train = read(train_path, fmt)
+    if val_path:
+        return train, read(val_path, fmt)
+    return split(train, val_fraction, seed, id_column)

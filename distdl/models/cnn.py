@@ -1,0 +1,87 @@
+"""CNN family: a small convnet for tiny images and torchvision ResNets (no pretrained downloads)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterator, Literal, Optional
+
+import torch
+from torch import nn
+from torchvision import models as tv_models
+
+from distdl.specbase import check
+
+RESNETS = {"resnet18": tv_models.resnet18, "resnet34": tv_models.resnet34, "resnet50": tv_models.resnet50}
+
+
+@dataclass
+class CNNConfig:
+    arch: Literal["smallcnn", "resnet18", "resnet34", "resnet50"] = "smallcnn"
+    # None: taken from the fitted preprocessor (image channels, number of classes).
+    in_channels: Optional[int] = None
+    num_classes: Optional[int] = None
+    width: int = 32  # smallcnn: channels of the first conv; doubled per stage
+    dropout: float = 0.0
+    batchnorm: bool = True  # smallcnn only; off gives exact DDP/single-process parity
+    # "small": 3x3 stride-1 stem without max-pool (CIFAR-style), right for images <= 64 px;
+    # "imagenet": torchvision's 7x7 stride-2 stem + max-pool, for large images.
+    stem: Literal["small", "imagenet"] = "small"
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from check(self.width >= 1, "width", f"must be >= 1, got {self.width}")
+        yield from check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        for name in ("in_channels", "num_classes"):
+            value = getattr(self, name)
+            yield from check(value is None or value >= 1, name, f"must be >= 1, got {value}")
+
+
+def _conv_block(cin: int, cout: int, batchnorm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=not batchnorm)]
+    if batchnorm:
+        layers.append(nn.BatchNorm2d(cout))
+    layers += [nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class SmallCNN(nn.Module):
+    """Two conv stages and a global-average-pooled head; works for any image size >= 4."""
+
+    def __init__(self, cfg: CNNConfig):
+        super().__init__()
+        w, bn = cfg.width, cfg.batchnorm
+        self.features = nn.Sequential(
+            _conv_block(cfg.in_channels, w, bn), _conv_block(w, w, bn), nn.MaxPool2d(2),
+            _conv_block(w, 2 * w, bn), _conv_block(2 * w, 2 * w, bn), nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(2 * w, cfg.num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W) -> logits (B, classes)
+        return self.head(self.features(x))
+
+
+def _resnet(cfg: CNNConfig) -> nn.Module:
+    model = RESNETS[cfg.arch](weights=None, num_classes=cfg.num_classes)
+    if cfg.stem == "small":
+        model.conv1 = nn.Conv2d(cfg.in_channels, 64, 3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif cfg.in_channels != 3:
+        model.conv1 = nn.Conv2d(cfg.in_channels, 64, 7, stride=2, padding=3, bias=False)
+    if cfg.dropout:
+        model.fc = nn.Sequential(nn.Dropout(cfg.dropout), model.fc)
+    return model
+
+
+def build(cfg: CNNConfig) -> nn.Module:
+    if cfg.in_channels is None or cfg.num_classes is None:
+        raise ValueError("CNNConfig needs in_channels and num_classes resolved before build()")
+    return SmallCNN(cfg) if cfg.arch == "smallcnn" else _resnet(cfg)
+
+
+def complete(cfg: CNNConfig, preprocessor) -> CNNConfig:
+    """Fill the fields left to the data (channels, classes) from the fitted preprocessor."""
+    return replace(
+        cfg,
+        in_channels=cfg.in_channels or preprocessor.channels,
+        num_classes=cfg.num_classes or len(preprocessor.classes),
+    )

@@ -1,0 +1,265 @@
+"""The job spec: one YAML file drives data, preprocessing, model, training and storage.
+
+Loading is strict (unknown keys, wrong types and impossible values fail with the YAML
+path of the field) and happens before Ray starts. ``--set a.b=value`` overrides are
+applied to the raw mapping first, so they get exactly the same checks.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal, Optional, Union
+
+import yaml
+
+from distdl import models
+from distdl.specbase import SpecError, check, from_dict, join, to_dict, unknown_key
+
+Auto = Literal["auto"]
+DATA_FORMATS = ("parquet", "csv", "jsonl", "image_folder", "text")
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+@dataclass
+class DataSpec:
+    train: str  # file, folder or URI (s3://, gs://) of the training data
+    val: Optional[str] = None  # separate validation data; if null, val_fraction of train is held out
+    val_fraction: float = 0.1
+    format: Union[Auto, Literal["parquet", "csv", "jsonl", "image_folder", "text"]] = "auto"
+    input_column: str = "image"  # image bytes, pixel array, or path to an image file
+    label_column: str = "label"
+    id_column: Optional[str] = None  # stable row key for the train/val split (default: row content)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from check(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        yield from check(bool(self.train), "train", "must name a file, folder or URI")
+        if self.val is None:
+            yield from check(self.val_fraction > 0, "val_fraction", "must be > 0 when data.val is not given")
+
+
+@dataclass
+class PreprocessSpec:
+    image_size: int = 32  # images are resized to image_size x image_size
+    channels: Literal[1, 3] = 3
+    normalize: bool = True  # subtract mean / divide by std
+    mean: Optional[list[float]] = None  # per channel; null: fitted on the training data
+    std: Optional[list[float]] = None
+    augment: list[Literal["random_crop", "hflip"]] = field(default_factory=list)  # training only
+    fit_rows: int = 4096  # rows read on the driver to fit mean/std
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from check(4 <= self.image_size <= 4096, "image_size", f"must be in [4, 4096], got {self.image_size}")
+        yield from check(self.fit_rows >= 1, "fit_rows", f"must be >= 1, got {self.fit_rows}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            yield from check(
+                values is None or len(values) == self.channels, name,
+                f"needs one value per channel ({self.channels}), got {values}",
+            )
+        yield from check(self.std is None or all(s > 0 for s in self.std), "std", "values must be > 0")
+
+
+@dataclass
+class TrainSpec:
+    epochs: int = 10
+    batch_size: int = 64  # global: split evenly over the workers
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine", "step"] = "cosine"  # per epoch
+    warmup_epochs: int = 0  # linear warm-up before the schedule
+    step_size: int = 10  # "step": multiply lr by gamma every step_size epochs
+    gamma: float = 0.1
+    grad_clip: Optional[float] = None  # max global gradient norm
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast
+    shuffle: bool = True  # random block order + local shuffle buffer
+    seed: int = 0
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        yield from check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        yield from check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        yield from check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        yield from check(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        yield from check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", f"must be in [0, epochs), got {self.warmup_epochs}")
+        yield from check(self.step_size >= 1, "step_size", f"must be >= 1, got {self.step_size}")
+        yield from check(0 < self.gamma <= 1, "gamma", f"must be in (0, 1], got {self.gamma}")
+        yield from check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", f"must be > 0, got {self.grad_clip}")
+
+
+@dataclass
+class ScalingSpec:
+    num_workers: Union[Auto, int] = "auto"  # auto: one per GPU, else one per node
+    use_gpu: Union[Auto, bool] = "auto"  # auto: use GPUs when the cluster has them
+    cpus_per_worker: Union[Auto, float] = "auto"  # Ray CPUs reserved per worker
+    gpus_per_worker: float = 1.0
+    threads_per_worker: Union[Auto, int] = "auto"  # torch threads in each worker
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        for name in ("num_workers", "threads_per_worker"):
+            value = getattr(self, name)
+            yield from check(value == "auto" or value >= 1, name, f"must be >= 1 or 'auto', got {value}")
+        cpus = self.cpus_per_worker
+        yield from check(cpus == "auto" or cpus > 0, "cpus_per_worker", f"must be > 0 or 'auto', got {cpus}")
+        yield from check(self.gpus_per_worker > 0, "gpus_per_worker", f"must be > 0, got {self.gpus_per_worker}")
+
+
+@dataclass
+class CheckpointSpec:
+    every_n_epochs: int = 1
+    keep: int = 2  # newest checkpoints kept under checkpoints/ (the best is kept apart, in best/)
+    best_metric: str = "val_accuracy"
+    best_mode: Union[Auto, Literal["max", "min"]] = "auto"  # auto: min for *loss*, else max
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from check(self.every_n_epochs >= 1, "every_n_epochs", f"must be >= 1, got {self.every_n_epochs}")
+        yield from check(self.keep >= 1, "keep", f"must be >= 1, got {self.keep}")
+        yield from check(self.best_metric in METRICS, "best_metric", f"must be one of {METRICS}, got {self.best_metric!r}")
+
+    def __post_init__(self) -> None:
+        if self.best_mode == "auto":
+            self.best_mode = "min" if "loss" in self.best_metric else "max"
+
+
+METRICS = ("val_accuracy", "val_loss", "val_top5", "train_loss")
+
+
+@dataclass
+class FailureSpec:
+    max_failures: int = 2  # worker-group restarts from the last checkpoint before giving up
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from check(self.max_failures >= -1, "max_failures", f"must be >= -1 (-1: unlimited), got {self.max_failures}")
+
+
+@dataclass
+class JobSpec:
+    name: str
+    data: DataSpec
+    model_family: str
+    model: Any  # the family's config dataclass (models.FAMILIES)
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    scaling: ScalingSpec = field(default_factory=ScalingSpec)
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
+    failure: FailureSpec = field(default_factory=FailureSpec)
+    storage: str = "runs"  # local folder or URI; the run lives in <storage>/<name>
+
+    @property
+    def run_dir(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+    def to_dict(self) -> dict:
+        """Plain data, the inverse of ``parse``: what workers and checkpoints receive."""
+        out = {k: to_dict(getattr(self, k)) for k in ("name", "data", "preprocess", "train", "scaling", "checkpoint", "failure", "storage")}
+        out["model"] = {"family": self.model_family, **models.config_args(self.model)}
+        return out
+
+
+SECTIONS = {"data": DataSpec, "preprocess": PreprocessSpec, "train": TrainSpec, "scaling": ScalingSpec,
+            "checkpoint": CheckpointSpec, "failure": FailureSpec}
+TOP_LEVEL = ("name", "storage", "model", *SECTIONS)
+
+
+def parse(raw: Any) -> JobSpec:
+    """Validate a raw mapping into a JobSpec; raises SpecError listing every bad field."""
+    problems: list[tuple[str, str]] = []
+    if not isinstance(raw, dict):
+        raise SpecError([("", f"the spec must be a mapping, got {type(raw).__name__}")])
+    for key in raw:
+        if key not in TOP_LEVEL:
+            problems.append((str(key), unknown_key(str(key), list(TOP_LEVEL))))
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        problems.append(("name", f"must be a name of letters, digits, '-' and '_', got {name!r}"))
+    storage = raw.get("storage", "runs")
+    if not isinstance(storage, str) or not storage:
+        problems.append(("storage", f"must be a folder or URI, got {storage!r}"))
+    sections = {key: from_dict(cls, raw.get(key), key, problems) for key, cls in SECTIONS.items()}
+    if "data" not in raw:
+        problems.append(("data", "is required"))
+    model_raw = dict(raw.get("model") or {}) if isinstance(raw.get("model"), (dict, type(None))) else None
+    family, model_cfg = None, None
+    if model_raw is None:
+        problems.append(("model", f"must be a mapping, got {raw.get('model')!r}"))
+    else:
+        family = model_raw.pop("family", "cnn")
+        model_cfg = models.parse_config(family, model_raw, "model", problems)
+    spec = None
+    if not problems:
+        spec = JobSpec(name=name, storage=storage, model_family=family, model=model_cfg, **sections)
+        problems.extend(_cross_checks(spec))
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def _cross_checks(spec: JobSpec) -> Iterator[tuple[str, str]]:
+    """Rules that involve more than one section."""
+    scaling, train = spec.scaling, spec.train
+    if isinstance(scaling.num_workers, int):
+        yield from check(train.batch_size % scaling.num_workers == 0, "train.batch_size",
+                         f"must be divisible by scaling.num_workers ({scaling.num_workers}), got {train.batch_size}")
+    yield from check(not (train.precision == "fp16" and scaling.use_gpu is False), "train.precision",
+                     "fp16 needs a GPU (scaling.use_gpu); use bf16 on CPU")
+    fmt = spec.data.format
+    yield from check(fmt not in ("text",), "data.format", "'text' data needs a sequence model family (not yet available for 'cnn')")
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a copy of ``raw``."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SpecError([(item, "override must look like section.field=value")])
+        node = raw
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SpecError([(".".join(parts[: i + 1]), f"is not a mapping, cannot set {key}")])
+            node = child
+        node[parts[-1]] = yaml.safe_load(text)
+    return raw
+
+
+def resolve_paths(raw: dict, base: Path) -> dict:
+    """Make local data/storage paths absolute: Ray workers run in another working directory."""
+    def absolute(p: Any) -> Any:
+        return p if not isinstance(p, str) or is_uri(p) else str((base / p).resolve())
+
+    data = raw.get("data")
+    if isinstance(data, dict):
+        raw["data"] = {**data, **{k: absolute(data[k]) for k in ("train", "val") if k in data}}
+    raw["storage"] = absolute(raw.get("storage", "runs"))
+    return raw
+
+
+def load(path: str | os.PathLike, overrides: list[str] = ()) -> JobSpec:
+    """Read, override, resolve relative paths against the working directory, and validate."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SpecError([("", f"cannot read spec {path}: {exc.strerror}")]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError([("", f"{path} is not valid YAML: {exc}")]) from None
+    if not isinstance(raw, dict):
+        raise SpecError([("", f"{path} must hold a mapping of sections, got {type(raw).__name__}")])
+    raw = apply_overrides(raw, list(overrides))
+    return parse(resolve_paths(raw, Path.cwd()))
+
+
+def dump(spec: JobSpec) -> str:
+    return yaml.safe_dump(spec.to_dict(), sort_keys=False)
+
+
+__all__ = ["JobSpec", "SpecError", "load", "parse", "dump", "apply_overrides", "join"]

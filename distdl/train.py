@@ -1,0 +1,139 @@
+"""Driver side of training: spec -> Ray Data pipelines -> TorchTrainer -> summary.
+
+The path of a batch: data.train_val reads raw rows -> preprocess.fit on the driver ->
+``map_batches(preprocessor)`` (+ ``Augment`` for training) -> TorchTrainer splits the
+stream over workers -> loop.train_loop_per_worker pulls ``iter_torch_batches`` -> DDP step.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import ray
+import ray.data
+import ray.train
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from distdl import checkpoint, data, models, preprocess, runtime
+from distdl.layout import Cluster, Layout, resolve
+from distdl.loop import StepHook, train_loop_per_worker
+from distdl.preprocess import ImagePreprocessor
+from distdl.spec import JobSpec
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclass
+class Summary:
+    epochs: int
+    best_metric: str
+    best_value: float
+    best_epoch: int
+    samples_per_s: float
+    wall_s: float
+    checkpoint: str  # the best checkpoint
+    run_dir: str
+    resumed_from: Optional[str]
+
+    def describe(self) -> str:
+        resumed = f" (resumed from {self.resumed_from})" if self.resumed_from else ""
+        return (f"done: {self.epochs} epochs{resumed}, best {self.best_metric}={self.best_value:.4f} "
+                f"at epoch {self.best_epoch}, {self.samples_per_s:.0f} samples/s, wall {self.wall_s:.1f}s\n"
+                f"checkpoint: {self.checkpoint}\nmetrics:    {checkpoint.join(self.run_dir, checkpoint.METRICS)}")
+
+
+def _preprocessor(spec: JobSpec, train_raw: ray.data.Dataset, resume_from: Optional[str]) -> ImagePreprocessor:
+    """Re-use the checkpoint's preprocessor on resume, so normalization never changes mid-run."""
+    if resume_from:
+        return checkpoint.load_model(resume_from)[1]
+    p = spec.preprocess
+    return preprocess.fit(train_raw, spec.data.input_column, spec.data.label_column, p.image_size, p.channels,
+                          p.mean, p.std, p.normalize, p.fit_rows)
+
+
+def build_datasets(spec: JobSpec, pre: ImagePreprocessor, train_raw: ray.data.Dataset,
+                   val_raw: ray.data.Dataset) -> dict[str, ray.data.Dataset]:
+    """Lazy train/val pipelines of {"x", "y"} batches; augmentation on train only."""
+    train_ds = train_raw.map_batches(pre, batch_format="numpy")
+    if spec.preprocess.augment:
+        train_ds = train_ds.map_batches(preprocess.Augment(spec.preprocess.augment), batch_format="numpy")
+    if spec.train.shuffle:
+        train_ds = train_ds.randomize_block_order(seed=None)
+    return {"train": train_ds, "val": val_raw.map_batches(pre, batch_format="numpy")}
+
+
+def _trainer(spec: JobSpec, layout: Layout, datasets: dict, config: dict) -> TorchTrainer:
+    resources = {"CPU": layout.cpus_per_worker}
+    if layout.use_gpu:
+        resources["GPU"] = layout.gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=layout.num_workers, use_gpu=layout.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=spec.name,
+            storage_path=spec.storage,
+            failure_config=FailureConfig(max_failures=spec.failure.max_failures),
+            # Checkpoints are written by rank 0 into the run folder (checkpoint.py), not
+            # handed to Ray: only metrics go through ray.train.report.
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+        ),
+        datasets=datasets,
+    )
+
+
+def run(spec: JobSpec, step_hook: Optional[StepHook] = None) -> Summary:
+    """Train ``spec`` on the connected Ray cluster (see runtime.connect); resumes a run of the same name."""
+    start = time.perf_counter()
+    layout = resolve(spec.scaling, Cluster.current())
+    print(f"[distdl] layout: {layout.describe()}", flush=True)
+    run_dir = spec.run_dir
+    resume_from = checkpoint.latest(run_dir)
+    if resume_from:
+        _check_same_model(spec, resume_from)
+        print(f"[distdl] found checkpoint {resume_from}: continuing run '{spec.name}'", flush=True)
+    runtime.quiet_data_progress()  # before any dataset exists: each captures the context
+    d = spec.data
+    train_raw, val_raw = data.train_val(d.train, d.val, d.format, d.val_fraction, spec.train.seed, d.id_column)
+    pre = _preprocessor(spec, train_raw, resume_from)
+    if spec.checkpoint.best_metric == "val_top5" and len(pre.classes) <= 5:
+        raise TrainingError(f"checkpoint.best_metric val_top5 needs more than 5 classes; the data has {len(pre.classes)}")
+    print(f"[distdl] {len(pre.classes)} classes; mean={[round(m, 4) for m in pre.mean]} std={[round(s, 4) for s in pre.std]}")
+    model_cfg = models.complete_config(spec.model_family, spec.model, pre)
+    config = {
+        "spec": spec.to_dict(), "run_dir": run_dir, "preprocessor": pre.to_json(),
+        "model_args": models.config_args(model_cfg), "threads": layout.threads_per_worker,
+        "step_hook": step_hook,
+    }
+    if resume_from and checkpoint.load_train_state(resume_from)[0]["epoch"] >= spec.train.epochs:
+        print(f"[distdl] run '{spec.name}' already trained all {spec.train.epochs} epochs; nothing to do")
+        return _summary(spec, start, resume_from)
+    try:
+        _trainer(spec, layout, build_datasets(spec, pre, train_raw, val_raw), config).fit()
+    except ray.train.TrainingFailedError as exc:
+        raise TrainingError(f"training failed: {runtime.root_cause(exc)}") from exc
+    return _summary(spec, start, resume_from)
+
+
+def _check_same_model(spec: JobSpec, resume_from: str) -> None:
+    saved = checkpoint.load_spec(resume_from)
+    if saved["model"] != spec.to_dict()["model"]:
+        raise TrainingError(f"run '{spec.name}' in {spec.storage} was trained with model {saved['model']}; "
+                            f"this spec asks for {spec.to_dict()['model']}. Use a new name or delete {spec.run_dir}")
+
+
+def _summary(spec: JobSpec, start: float, resumed_from: Optional[str]) -> Summary:
+    last = checkpoint.latest(spec.run_dir)
+    state, _ = checkpoint.load_train_state(last)
+    history, best = state["history"], state["best"]
+    rates = [h["samples_per_s"] for h in history]
+    return Summary(
+        epochs=state["epoch"], best_metric=best["metric"], best_value=best["value"], best_epoch=best["epoch"],
+        samples_per_s=sum(rates) / len(rates), wall_s=time.perf_counter() - start,
+        checkpoint=checkpoint.best_dir(spec.run_dir), run_dir=spec.run_dir, resumed_from=resumed_from,
+    )

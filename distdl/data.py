@@ -9,8 +9,12 @@ from __future__ import annotations
 import hashlib
 import posixpath
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+import pyarrow
 import pyarrow.fs
+import pyarrow.parquet
 
 import ray.data
 
@@ -49,9 +53,33 @@ def infer_format(path: str) -> str:
     return found[0]
 
 
+def _files(path: str, extensions: tuple[str, ...]) -> list[tuple[pyarrow.fs.FileSystem, str]]:
+    fs, inner = _filesystem(path)
+    if fs.get_file_info(inner).type == pyarrow.fs.FileType.File:
+        return [(fs, inner)]
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(inner, recursive=True))
+    return [(fs, i.path) for i in infos if i.type == pyarrow.fs.FileType.File and i.path.lower().endswith(extensions)]
+
+
+def _check_parquet(fs: pyarrow.fs.FileSystem, path: str) -> None:
+    try:
+        with fs.open_input_file(path) as f:
+            pyarrow.parquet.ParquetFile(f)  # reads the footer only
+    except (OSError, pyarrow.ArrowException) as exc:
+        raise DataError(f"cannot read parquet file {path}: {exc}") from None
+
+
+def check_readable(path: str, fmt: str) -> None:
+    """Open every parquet footer up front: Ray's read error would not name the bad file."""
+    if fmt == "parquet":
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(lambda f: _check_parquet(*f), _files(path, (".parquet",))))
+
+
 def read(path: str, fmt: str = "auto") -> ray.data.Dataset:
     """A lazy dataset of raw rows; image folders give columns image (bytes), label, path."""
     fmt = infer_format(path) if fmt == "auto" else fmt
+    check_readable(path, fmt)
     if fmt == "parquet":
         return ray.data.read_parquet(path)
     if fmt == "csv":

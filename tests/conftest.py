@@ -1,0 +1,28 @@
+"""One embedded local Ray for the whole session, and small real data sets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# 4 logical CPUs on a 2-core machine: room for two 1-CPU Train workers plus Ray Data.
+RAY_CPUS = 4
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    from distdl import runtime
+
+    runtime.connect(num_cpus=RAY_CPUS)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> dict[str, Path]:
+    """scikit-learn's handwritten digits as parquet (PNG bytes), holdout, and an image folder."""
+    from distdl.demo_data import write_digits
+
+    return write_digits(tmp_path_factory.mktemp("digits"))

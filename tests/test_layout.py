@@ -1,0 +1,45 @@
+"""Resource layout: workers, CPUs, threads, and what stays free for Ray Data."""
+from __future__ import annotations
+
+import pytest
+
+from distdl.layout import Cluster, LayoutError, resolve
+from distdl.spec import ScalingSpec
+
+
+def cluster(nodes=1, cpus=2.0, gpus=0.0) -> Cluster:
+    return Cluster(nodes=nodes, cpus_per_node=cpus, gpus_per_node=gpus, total_cpus=nodes * cpus, total_gpus=nodes * gpus)
+
+
+def test_auto_on_a_two_core_machine_is_one_worker_using_both_cores_and_leaving_one_cpu_for_data():
+    layout = resolve(ScalingSpec(), cluster(cpus=2))
+    assert (layout.num_workers, layout.use_gpu, layout.cpus_per_worker, layout.threads_per_worker) == (1, False, 1, 2)
+    assert layout.data_cpus == 1
+
+
+def test_auto_on_cpu_nodes_is_one_worker_per_node_with_a_quarter_left_for_data():
+    layout = resolve(ScalingSpec(), cluster(nodes=3, cpus=16))
+    assert (layout.num_workers, layout.cpus_per_worker, layout.threads_per_worker) == (3, 12, 12)
+    assert layout.data_cpus == 12
+
+
+def test_auto_on_gpu_nodes_is_one_worker_per_gpu():
+    layout = resolve(ScalingSpec(), cluster(nodes=2, cpus=32, gpus=4))
+    assert (layout.num_workers, layout.use_gpu, layout.gpus_per_worker) == (8, True, 1.0)
+    assert layout.cpus_per_worker == 6  # (32 - 8 for data) / 4 workers per node
+    assert layout.data_cpus == 64 - 8 * 6
+
+
+def test_explicit_workers_share_what_data_does_not_need():
+    layout = resolve(ScalingSpec(num_workers=2), cluster(cpus=2))
+    assert (layout.cpus_per_worker, layout.threads_per_worker, layout.data_cpus) == (0.5, 1, 1)
+
+
+def test_a_layout_that_reserves_every_cpu_is_refused_because_ingest_would_stall():
+    with pytest.raises(LayoutError, match="Ray Data would get none"):
+        resolve(ScalingSpec(num_workers=2, cpus_per_worker=1), cluster(cpus=2))
+
+
+def test_asking_for_gpus_on_a_cpu_cluster_is_an_error():
+    with pytest.raises(LayoutError, match="no GPUs"):
+        resolve(ScalingSpec(use_gpu=True), cluster(cpus=8))

@@ -1,0 +1,105 @@
+"""The job spec: strict, path-named errors before Ray starts; overrides; defaults."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from distdl import spec as specmod
+from distdl.spec import SpecError
+
+MINIMAL = {"name": "digits", "data": {"train": "data/train.parquet"}}
+
+
+def problems(raw: dict) -> dict[str, str]:
+    with pytest.raises(SpecError) as info:
+        specmod.parse(raw)
+    return dict(info.value.problems)
+
+
+def test_a_two_line_spec_is_enough_and_gets_defaults():
+    spec = specmod.parse(MINIMAL)
+    assert spec.model_family == "cnn" and spec.model.arch == "smallcnn"
+    assert spec.train.epochs == 10 and spec.scaling.num_workers == "auto"
+    assert spec.checkpoint.best_mode == "max"  # derived from best_metric val_accuracy
+    assert spec.run_dir.endswith("runs/digits")
+
+
+def test_typo_names_the_path_and_the_closest_key():
+    found = problems({**MINIMAL, "train": {"lrr": 0.1}, "chekpoint": {}})
+    assert found["train.lrr"] == "unknown key; did you mean 'lr'?"
+    assert found["chekpoint"] == "unknown key; did you mean 'checkpoint'?"
+
+
+@pytest.mark.parametrize("section, field, value, message", [
+    ("train", "epochs", "ten", "must be int, got 'ten'"),
+    ("train", "epochs", 0, "must be >= 1, got 0"),
+    ("train", "lr", -1, "must be > 0, got -1.0"),
+    ("train", "precision", "fp8", "must be 'fp32' | 'bf16' | 'fp16', got 'fp8'"),
+    ("train", "shuffle", "yes", "must be bool, got 'yes'"),
+    ("data", "val_fraction", 1.5, "must be in [0, 1), got 1.5"),
+    ("data", "format", "xml", "must be 'auto' | 'parquet' | 'csv' | 'jsonl' | 'image_folder' | 'text', got 'xml'"),
+    ("scaling", "num_workers", 0, "must be >= 1 or 'auto', got 0"),
+    ("scaling", "num_workers", "many", "must be 'auto' | int, got 'many'"),
+    ("preprocess", "augment", ["rotate"], None),
+    ("checkpoint", "best_metric", "f1", None),
+    ("model", "arch", "resnet19", "must be 'smallcnn' | 'resnet18' | 'resnet34' | 'resnet50', got 'resnet19'"),
+])
+def test_bad_values_name_their_path(section, field, value, message):
+    raw = {**MINIMAL, section: {**MINIMAL.get(section, {}), field: value}}
+    found = problems(raw)
+    path = f"{section}.{field}" if field != "augment" else "preprocess.augment[0]"
+    assert path in found, found
+    if message:
+        assert found[path] == message
+
+
+def test_every_problem_is_reported_at_once():
+    found = problems({"name": "x y", "data": {}, "train": {"lr": 0, "batch_size": -3}})
+    assert {"name", "data.train", "train.lr", "train.batch_size"} <= set(found)
+
+
+def test_cross_section_rules():
+    found = problems({**MINIMAL, "scaling": {"num_workers": 3}, "train": {"batch_size": 64}})
+    assert found["train.batch_size"] == "must be divisible by scaling.num_workers (3), got 64"
+    found = problems({**MINIMAL, "scaling": {"use_gpu": False}, "train": {"precision": "fp16"}})
+    assert "bf16 on CPU" in found["train.precision"]
+
+
+def test_unknown_family_lists_the_known_ones():
+    assert "choose from ['cnn']" in problems({**MINIMAL, "model": {"family": "svm"}})["model.family"]
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    spec = specmod.load(path, ["train.lr=0.01", "scaling.num_workers=1", "preprocess.augment=[hflip]"])
+    assert spec.train.lr == 0.01 and spec.scaling.num_workers == 1 and spec.preprocess.augment == ["hflip"]
+    with pytest.raises(SpecError) as info:
+        specmod.load(path, ["train.lrr=0.01"])
+    assert "train.lrr" in str(info.value) and "did you mean 'lr'" in str(info.value)
+    with pytest.raises(SpecError, match="section.field=value"):
+        specmod.load(path, ["train.lr"])
+
+
+def test_relative_paths_become_absolute_but_uris_pass_through(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({**MINIMAL, "data": {"train": "d/train.parquet", "val": "s3://bucket/val"}}))
+    spec = specmod.load(path)
+    assert spec.data.train == str(tmp_path / "d/train.parquet")
+    assert spec.data.val == "s3://bucket/val"
+    assert spec.storage == str(tmp_path / "runs")
+
+
+def test_round_trip_through_a_plain_dict():
+    spec = specmod.parse({**MINIMAL, "model": {"arch": "resnet18", "stem": "imagenet"}})
+    again = specmod.parse(spec.to_dict())
+    assert again == spec
+
+
+def test_unreadable_or_non_mapping_files_fail_clearly(tmp_path):
+    with pytest.raises(SpecError, match="cannot read spec"):
+        specmod.load(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(SpecError, match="must hold a mapping"):
+        specmod.load(tmp_path / "list.yaml")

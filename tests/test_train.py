@@ -1,0 +1,121 @@
+"""Training end to end on the session's local Ray: learning, DDP parity, faults, resume."""
+from __future__ import annotations
+
+import json
+
+import hooks
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray.cloudpickle
+import torch
+
+from distdl import checkpoint, spec as specmod, train
+
+ray.cloudpickle.register_pickle_by_value(hooks)  # workers cannot import the tests folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """32 training + 16 validation 8x8 images of 4 learnable classes (bright quadrant)."""
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 32), ("val", 16)):
+        labels = np.arange(n) % 4
+        images = rng.integers(0, 60, size=(n, 8, 8))
+        for i, label in enumerate(labels):
+            r, c = divmod(label, 2)
+            images[i, 4 * r:4 * r + 4, 4 * c:4 * c + 4] += 180
+        pq.write_table(pa.table({"image": [im.astype(np.uint8).ravel() for im in images], "label": labels}),
+                       root / f"{name}.parquet")
+    return root
+
+
+def tiny_spec(tiny, storage, name, **sections) -> specmod.JobSpec:
+    raw = {
+        "name": name, "storage": str(storage),
+        "data": {"train": str(tiny / "train.parquet"), "val": str(tiny / "val.parquet")},
+        "model": {"arch": "smallcnn", "width": 4, "batchnorm": False},
+        "preprocess": {"image_size": 8, "channels": 1, "mean": [0.3], "std": [0.3]},
+        "train": {"epochs": 3, "batch_size": 32, "optimizer": "sgd", "lr": 0.05, "schedule": "constant", "shuffle": False},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 1},
+        "failure": {"max_failures": 0},
+    }
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    return specmod.parse(raw)
+
+
+def history(run_dir: str) -> list[dict]:
+    return [json.loads(line) for line in open(f"{run_dir}/{checkpoint.METRICS}")]
+
+
+def test_cnn_learns_digits_well_above_chance(ray_session, digits, tmp_path):
+    spec = specmod.parse({
+        "name": "digits", "storage": str(tmp_path), "data": {"train": str(digits["train"]), "val_fraction": 0.2},
+        "model": {"arch": "smallcnn", "width": 16}, "preprocess": {"image_size": 16, "channels": 1},
+        "train": {"epochs": 3, "batch_size": 64, "lr": 0.005},
+    })
+    summary = train.run(spec)
+    rows = history(spec.run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert summary.best_value > 0.6  # 10 classes: chance is 0.1
+    assert rows[-1]["val_top5"] >= rows[-1]["val_accuracy"]
+    assert checkpoint.is_complete(summary.checkpoint)
+
+
+def test_two_workers_take_the_same_steps_as_one(ray_session, tiny, tmp_path):
+    """Global batch 32 = one step per epoch: 2 x 16 rows with averaged gradients must give
+    the parameters of 1 x 32 rows, so sharding and DDP averaging are both right."""
+    weights = {}
+    for workers in (1, 2):
+        spec = tiny_spec(tiny, tmp_path, f"ddp{workers}", scaling={"num_workers": workers})
+        train.run(spec)
+        assert [r["train_samples"] for r in history(spec.run_dir)] == [32, 32, 32]
+        weights[workers] = checkpoint.load_weights(checkpoint.latest(spec.run_dir))
+    for name, one in weights[1].items():
+        torch.testing.assert_close(weights[2][name], one, rtol=1e-5, atol=1e-6, msg=name)
+    assert any(not torch.equal(w, 0 * w) for w in weights[1].values())
+
+
+def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_session, tiny, tmp_path):
+    spec = tiny_spec(tiny, tmp_path, "killed", train={"batch_size": 8}, scaling={"num_workers": 2},
+                     failure={"max_failures": 1})
+    hook = hooks.KillOnce(tmp_path / "epochs.log", rank=1, epoch=2, step=1)
+    summary = train.run(spec, step_hook=hook)
+    # epoch 1 was checkpointed and never re-run; epoch 2 died part-way and ran again
+    assert hook.epochs() == [1, 2, 2, 3]
+    assert [r["epoch"] for r in history(spec.run_dir)] == [1, 2, 3]
+    assert summary.epochs == 3
+
+
+def test_an_interrupted_run_continues_at_the_next_epoch(ray_session, tiny, tmp_path):
+    spec = tiny_spec(tiny, tmp_path, "resumed")
+    with pytest.raises(train.TrainingError, match="interrupted at epoch 2"):
+        train.run(spec, step_hook=hooks.Interrupt(tmp_path / "first.log", epoch=2))
+    assert checkpoint.latest(spec.run_dir).endswith("epoch_0001")
+    log = hooks.EpochLog(tmp_path / "second.log")
+    summary = train.run(spec, step_hook=log)
+    assert log.epochs() == [2, 3]
+    assert summary.resumed_from.endswith("epoch_0001")
+    assert [r["epoch"] for r in history(spec.run_dir)] == [1, 2, 3]
+    assert train.run(spec).epochs == 3  # a finished run is left as it is
+
+
+def test_resuming_with_a_different_model_is_refused(ray_session, tiny, tmp_path):
+    train.run(tiny_spec(tiny, tmp_path, "changed", train={"epochs": 1}))
+    with pytest.raises(train.TrainingError, match="Use a new name"):
+        train.run(tiny_spec(tiny, tmp_path, "changed", model={"width": 8}))
+
+
+def test_keep_k_and_best_copy(ray_session, tiny, tmp_path):
+    spec = tiny_spec(tiny, tmp_path, "keep", train={"epochs": 4}, checkpoint={"keep": 2, "best_metric": "val_loss"})
+    summary = train.run(spec)
+    kept = [p.rsplit("/", 1)[1] for p in checkpoint.list_checkpoints(spec.run_dir)]
+    assert kept == ["epoch_0003", "epoch_0004"]
+    losses = {r["epoch"]: r["val_loss"] for r in history(spec.run_dir)}
+    assert summary.best_epoch == min(losses, key=losses.get)
+    best_state, _ = checkpoint.load_train_state(checkpoint.best_dir(spec.run_dir))
+    assert best_state["epoch"] == summary.best_epoch

@@ -51,8 +51,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.fresh and not specmod.is_uri(spec.run_dir) and Path(spec.run_dir).exists():
         print(f"[distdl] --fresh: removing {spec.run_dir}")
         shutil.rmtree(spec.run_dir)
-    from distdl import runtime, train  # Ray is imported only once the spec is known to be valid
+    from distdl import data, runtime, train  # Ray is imported only once the spec is known to be valid
 
+    data.infer_format(spec.data.train)  # a missing path fails here, before Ray starts
+    if spec.data.val:
+        data.infer_format(spec.data.val)
     runtime.connect(args.address)
     print(train.run(spec).describe())
     return 0

@@ -1,0 +1,25 @@
+# `make demo` and `make test` do all set-up on a fresh machine; both are safe to re-run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test clean
+
+# torch/torchvision pins resolve to this machine's local wheels (see requirements.txt).
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m distdl demo-data data/digits
+	$(PY) -m distdl train jobs/cnn_digits.yaml --fresh
+
+test: $(STAMP)
+	$(PY) -m pytest -x -q --durations=15 tests
+
+clean:
+	rm -rf runs data/digits .pytest_cache

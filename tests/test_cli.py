@@ -1,0 +1,66 @@
+"""The command line: help, validation before Ray, and a real train run on an existing cluster."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+
+from distdl import cli
+
+
+def distdl(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distdl", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_explains_each_command(capsys):
+    for command in ("train", "validate", "demo-data"):
+        try:
+            cli.main([command, "--help"])
+        except SystemExit as exit:
+            assert exit.code == 0
+    out = capsys.readouterr().out
+    assert "--set FIELD=VALUE" in out and "--address" in out and "resumes the run" in out
+
+
+def test_validate_reports_every_bad_field_without_starting_ray(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "data": {"trian": "a.parquet"}, "train": {"lr": "fast"}}))
+    assert cli.main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "data.trian: unknown key; did you mean 'train'?" in err
+    assert "train.lr: must be float, got 'fast'" in err
+    assert "data.train: is required" in err
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_validate_prints_the_resolved_spec(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"name": "x", "data": {"train": "a.parquet"}}))
+    assert cli.main(["validate", str(good), "--set", "train.epochs=3", "--print"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["epochs"] == 3 and printed["scaling"]["num_workers"] == "auto"
+
+
+def test_train_on_an_existing_cluster_by_address(ray_session, digits, tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "cli", "storage": str(tmp_path / "runs"), "data": {"train": str(digits["train"])},
+        "preprocess": {"image_size": 8, "channels": 1}, "model": {"width": 8},
+    }))
+    address = ray_session.get_runtime_context().gcs_address
+    result = distdl("train", str(spec), "--set", "train.epochs=1", "--set", "scaling.num_workers=1",
+                    "--address", address)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Connecting to existing Ray cluster at address: {address}" in result.stderr
+    assert "[distdl] layout: 1 worker(s)" in result.stdout
+    assert "done: 1 epochs" in result.stdout
+    assert f"checkpoint: {tmp_path / 'runs' / 'cli' / 'best'}" in result.stdout
+
+
+def test_a_missing_data_file_is_a_one_line_error(tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump({"name": "x", "storage": str(tmp_path), "data": {"train": str(tmp_path / "none.parquet")}}))
+    result = distdl("train", str(spec))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: data path not found: {tmp_path / 'none.parquet'}"

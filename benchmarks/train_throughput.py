@@ -1,7 +1,8 @@
 """Training throughput, side by side: distdl (Ray Data + Ray Train) against plain PyTorch.
 
 Every setup trains the same model (distdl's ResNet-18 with the small 3x3 stem, 32x32x3
-inputs, 10 classes) on the same synthetic data with the same global batch and optimizer:
+inputs, 10 classes) on the same synthetic data (shuffled every epoch) with the same global
+batch (64) and optimizer (AdamW):
 
   (a) one process, one torch thread per core, batches sliced from in-memory tensors;
   (b) torch.distributed DDP (gloo, localhost) with as many processes as the distdl layout
@@ -15,9 +16,9 @@ distdl the first epoch is left out and the per-epoch ``samples_per_s`` that its 
 (training pass only, no validation) is averaged. ``ingest_wait_share`` is the share of
 distdl's step time spent waiting for the next batch.
 
-Run from the repository root:
+Run from the repository root, on an otherwise idle machine (the setups share its cores):
 
-    .venv/bin/python benchmarks/train_throughput.py            # ~5 minutes on 2 cores
+    .venv/bin/python benchmarks/train_throughput.py            # ~5.5 minutes on 2 cores
     .venv/bin/python benchmarks/train_throughput.py --rows 256 # a quick smoke run
 """
 from __future__ import annotations

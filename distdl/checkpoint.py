@@ -170,8 +170,11 @@ def load_model(path: str) -> tuple[nn.Module, ImagePreprocessor, dict]:
     cfg = models.config_from_args(meta["family"], meta["args"])
     model = models.build_model(meta["family"], cfg)
     model.load_state_dict(_read_tensors(path, "model.safetensors"))
-    preprocessor = ImagePreprocessor.from_json(_read_text(path, "preprocessor.json"))
-    return model.eval(), preprocessor, meta
+    return model.eval(), load_preprocessor(path), meta
+
+
+def load_preprocessor(path: str) -> ImagePreprocessor:
+    return ImagePreprocessor.from_json(_read_text(path, "preprocessor.json"))
 
 
 def load_weights(path: str) -> dict[str, torch.Tensor]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
-from typing import Any, Callable, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -23,6 +25,30 @@ from distdl import checkpoint, models
 from distdl.preprocess import ImagePreprocessor
 
 StepHook = Callable[[int, int, int], None]  # (rank, epoch, step): called before every step
+
+
+def say(message: str) -> None:
+    """One line to the driver's console. Ray Train's print patch would send a print twice."""
+    sys.stdout.write(f"[distdl] {message}\n")
+    sys.stdout.flush()
+
+
+class Prefetched:
+    """Starts an epoch's batch stream in a background thread, so Ray Data's per-epoch
+    start-up (listing, scheduling read tasks, first blocks) overlaps validation instead
+    of stalling the first training step of the next epoch."""
+
+    def __init__(self, batches: Iterable):
+        self._iterator = iter(batches)
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._first = self._pool.submit(next, self._iterator, None)
+
+    def __iter__(self) -> Iterator:
+        first = self._first.result()
+        self._pool.shutdown()
+        if first is not None:
+            yield first
+            yield from self._iterator
 
 
 def lr_at(epoch: int, train: dict) -> float:
@@ -142,7 +168,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.load_state_dict(checkpoint.load_weights(resume_from))
         state, optimizer_state = checkpoint.load_train_state(resume_from)
         if rank == 0:
-            print(f"[distdl] resuming from {resume_from} (epoch {state['epoch']} done)")
+            say(f"resuming from {resume_from} (epoch {state['epoch']} done)")
     model = ray.train.torch.prepare_model(model)
     optimizer = make_optimizer(model.parameters(), train)
     if optimizer_state:
@@ -153,14 +179,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     shuffle = 4 * per_worker if train["shuffle"] else None
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     dtypes = {"x": torch.float32, "y": torch.int64}
+
+    def epoch_batches() -> Prefetched:
+        return Prefetched(train_shard.iter_torch_batches(batch_size=per_worker, dtypes=dtypes, prefetch_batches=2,
+                                                         local_shuffle_buffer_size=shuffle))
+
+    batches = epoch_batches()
     for epoch in range(state["epoch"] + 1, train["epochs"] + 1):
         lr = lr_at(epoch, train)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batches = train_shard.iter_torch_batches(batch_size=per_worker, dtypes=dtypes, prefetch_batches=2,
-                                                 local_shuffle_buffer_size=shuffle)
         metrics = {"epoch": epoch, "lr": lr}
         metrics.update(train_epoch(model, optimizer, scaler, batches, device, train, epoch, rank, config.get("step_hook")))
+        if epoch < train["epochs"]:
+            batches = epoch_batches()  # the next epoch starts streaming while this one validates
         val_batches = val_shard.iter_torch_batches(batch_size=per_worker, dtypes=dtypes, prefetch_batches=2)
         metrics.update(evaluate(model, val_batches, device, train["precision"], len(preprocessor.classes)))
         state["history"].append(metrics)
@@ -175,7 +207,7 @@ def _save_epoch(model, optimizer, family, model_cfg, preprocessor, spec, state, 
     metrics, epoch = state["history"][-1], state["epoch"]
     checkpoint.write_metrics(run_dir, state["history"])
     shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch")
-    print(f"[distdl] epoch {epoch}/{spec['train']['epochs']} {shown}", flush=True)
+    say(f"epoch {epoch}/{spec['train']['epochs']} {shown}")
     if epoch % ckpt_spec["every_n_epochs"] and epoch != spec["train"]["epochs"]:
         return
     value, mode = metrics[ckpt_spec["best_metric"]], ckpt_spec["best_mode"]

@@ -49,7 +49,7 @@ class Summary:
 def _preprocessor(spec: JobSpec, train_raw: ray.data.Dataset, resume_from: Optional[str]) -> ImagePreprocessor:
     """Re-use the checkpoint's preprocessor on resume, so normalization never changes mid-run."""
     if resume_from:
-        return checkpoint.load_model(resume_from)[1]
+        return checkpoint.load_preprocessor(resume_from)
     p = spec.preprocess
     return preprocess.fit(train_raw, spec.data.input_column, spec.data.label_column, p.image_size, p.channels,
                           p.mean, p.std, p.normalize, p.fit_rows)

@@ -262,4 +262,3 @@ def dump(spec: JobSpec) -> str:
     return yaml.safe_dump(spec.to_dict(), sort_keys=False)
 
 
-__all__ = ["JobSpec", "SpecError", "load", "parse", "dump", "apply_overrides", "join"]

@@ -92,11 +92,13 @@ def run(spec: JobSpec, step_hook: Optional[StepHook] = None) -> Summary:
     start = time.perf_counter()
     layout = resolve(spec.scaling, Cluster.current())
     print(f"[distdl] layout: {layout.describe()}", flush=True)
-    run_dir = spec.run_dir
-    resume_from = checkpoint.latest(run_dir)
+    resume_from = checkpoint.latest(spec.run_dir)
     if resume_from:
-        _check_same_model(spec, resume_from)
-        print(f"[distdl] found checkpoint {resume_from}: continuing run '{spec.name}'", flush=True)
+        done = _epochs_done(spec, resume_from)
+        print(f"[distdl] found {resume_from}: continuing run '{spec.name}' after epoch {done}", flush=True)
+        if done >= spec.train.epochs:
+            print(f"[distdl] run '{spec.name}' already trained all {spec.train.epochs} epochs; nothing to do")
+            return _summary(spec, start, resume_from)
     runtime.quiet_data_progress()  # before any dataset exists: each captures the context
     d = spec.data
     train_raw, val_raw = data.train_val(d.train, d.val, d.format, d.val_fraction, spec.train.seed, d.id_column)
@@ -104,15 +106,11 @@ def run(spec: JobSpec, step_hook: Optional[StepHook] = None) -> Summary:
     if spec.checkpoint.best_metric == "val_top5" and len(pre.classes) <= 5:
         raise TrainingError(f"checkpoint.best_metric val_top5 needs more than 5 classes; the data has {len(pre.classes)}")
     print(f"[distdl] {len(pre.classes)} classes; mean={[round(m, 4) for m in pre.mean]} std={[round(s, 4) for s in pre.std]}")
-    model_cfg = models.complete_config(spec.model_family, spec.model, pre)
     config = {
-        "spec": spec.to_dict(), "run_dir": run_dir, "preprocessor": pre.to_json(),
-        "model_args": models.config_args(model_cfg), "threads": layout.threads_per_worker,
-        "step_hook": step_hook,
+        "spec": spec.to_dict(), "run_dir": spec.run_dir, "preprocessor": pre.to_json(),
+        "model_args": models.config_args(models.complete_config(spec.model_family, spec.model, pre)),
+        "threads": layout.threads_per_worker, "step_hook": step_hook,
     }
-    if resume_from and checkpoint.load_train_state(resume_from)[0]["epoch"] >= spec.train.epochs:
-        print(f"[distdl] run '{spec.name}' already trained all {spec.train.epochs} epochs; nothing to do")
-        return _summary(spec, start, resume_from)
     try:
         _trainer(spec, layout, build_datasets(spec, pre, train_raw, val_raw), config).fit()
     except ray.train.TrainingFailedError as exc:
@@ -120,11 +118,13 @@ def run(spec: JobSpec, step_hook: Optional[StepHook] = None) -> Summary:
     return _summary(spec, start, resume_from)
 
 
-def _check_same_model(spec: JobSpec, resume_from: str) -> None:
+def _epochs_done(spec: JobSpec, resume_from: str) -> int:
+    """Epochs in the checkpoint; refuses to continue a run that trained a different model."""
     saved = checkpoint.load_spec(resume_from)
     if saved["model"] != spec.to_dict()["model"]:
         raise TrainingError(f"run '{spec.name}' in {spec.storage} was trained with model {saved['model']}; "
                             f"this spec asks for {spec.to_dict()['model']}. Use a new name or delete {spec.run_dir}")
+    return checkpoint.load_train_state(resume_from)[0]["epoch"]
 
 
 def _summary(spec: JobSpec, start: float, resumed_from: Optional[str]) -> Summary:

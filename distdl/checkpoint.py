@@ -27,18 +27,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distdl import models
+from distdl.paths import filesystem, read_bytes
 from distdl.preprocess import ImagePreprocessor
 
 MARKER = "COMPLETE"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
 METRICS = "metrics.jsonl"
-
-
-def _fs(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    if "://" in path:
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), str(Path(path).absolute())
 
 
 def join(*parts: str) -> str:
@@ -77,7 +72,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 def save(dest: str, model: nn.Module, family: str, model_cfg: Any, preprocessor: ImagePreprocessor,
          spec: dict, train_state: dict, optimizer: torch.optim.Optimizer | None = None) -> str:
     """Write a complete checkpoint to ``dest`` (replacing any there); the marker goes last."""
-    fs, inner = _fs(dest)
+    fs, inner = filesystem(dest)
     with tempfile.TemporaryDirectory(prefix="distdl-ckpt-") as tmp:
         local = Path(tmp)
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -101,15 +96,15 @@ def save(dest: str, model: nn.Module, family: str, model_cfg: Any, preprocessor:
 def prune(run_dir: str, keep: int) -> None:
     """Delete all but the newest ``keep`` complete epoch checkpoints (and any incomplete older)."""
     complete = list_checkpoints(run_dir)
-    fs, inner = _fs(run_dir)
+    fs, inner = filesystem(run_dir)
     for path in complete[:-keep]:
-        fs.delete_dir(_fs(path)[1])
+        fs.delete_dir(filesystem(path)[1])
 
 
 def copy(src: str, dest: str) -> None:
     """Copy a complete checkpoint folder; the marker is copied last."""
-    src_fs, src_inner = _fs(src)
-    dest_fs, dest_inner = _fs(dest)
+    src_fs, src_inner = filesystem(src)
+    dest_fs, dest_inner = filesystem(dest)
     dest_fs.delete_dir_contents(dest_inner, missing_dir_ok=True)
     dest_fs.create_dir(dest_inner, recursive=True)
     for info in src_fs.get_file_info(pyarrow.fs.FileSelector(src_inner)):
@@ -120,13 +115,13 @@ def copy(src: str, dest: str) -> None:
 
 # ---- finding -----------------------------------------------------------------------------
 def is_complete(path: str) -> bool:
-    fs, inner = _fs(path)
+    fs, inner = filesystem(path)
     return fs.get_file_info(join(inner, MARKER)).type == pyarrow.fs.FileType.File
 
 
 def list_checkpoints(run_dir: str) -> list[str]:
     """Complete epoch checkpoints of a run, oldest first."""
-    fs, inner = _fs(run_dir)
+    fs, inner = filesystem(run_dir)
     root = join(inner, CHECKPOINTS)
     if fs.get_file_info(root).type != pyarrow.fs.FileType.Directory:
         return []
@@ -144,13 +139,11 @@ def latest(run_dir: str) -> str | None:
 
 # ---- reading -----------------------------------------------------------------------------
 def _read_text(path: str, name: str) -> str:
-    fs, inner = _fs(path)
-    with fs.open_input_stream(join(inner, name)) as f:
-        return f.read().decode()
+    return read_bytes(join(path, name)).decode()
 
 
 def _read_tensors(path: str, name: str) -> dict[str, torch.Tensor]:
-    fs, inner = _fs(path)
+    fs, inner = filesystem(path)
     if isinstance(fs, pyarrow.fs.LocalFileSystem):
         return load_file(join(inner, name))
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,7 +189,7 @@ def load_spec(path: str) -> dict:
 
 def write_metrics(run_dir: str, history: list[dict]) -> None:
     """Rewrite metrics.jsonl from the checkpointed history, so a restart never duplicates lines."""
-    fs, inner = _fs(run_dir)
+    fs, inner = filesystem(run_dir)
     fs.create_dir(inner, recursive=True)
     with fs.open_output_stream(join(inner, METRICS)) as f:
         f.write("".join(json.dumps(row) + "\n" for row in history).encode())

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from distdl import spec as specmod
+from distdl.paths import is_uri
 
 EPILOG = """examples:
   distdl validate jobs/cnn_digits.yaml
@@ -48,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     spec = specmod.load(args.spec, args.overrides)
-    if args.fresh and not specmod.is_uri(spec.run_dir) and Path(spec.run_dir).exists():
+    if args.fresh and not is_uri(spec.run_dir) and Path(spec.run_dir).exists():
         print(f"[distdl] --fresh: removing {spec.run_dir}")
         shutil.rmtree(spec.run_dir)
     from distdl import data, runtime, train  # Ray is imported only once the spec is known to be valid

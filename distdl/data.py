@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,6 +17,8 @@ import pyarrow.parquet
 
 import ray.data
 
+from distdl.paths import filesystem
+
 IMAGE_EXTENSIONS = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
 EXTENSION_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}
 
@@ -26,15 +27,9 @@ class DataError(ValueError):
     """Data that cannot be read: names the path and what was expected."""
 
 
-def _filesystem(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    if "://" in path:
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), path
-
-
 def infer_format(path: str) -> str:
     """Format from the extension, or for a folder from what it holds."""
-    fs, inner = _filesystem(path)
+    fs, inner = filesystem(path)
     info = fs.get_file_info(inner)
     if info.type == pyarrow.fs.FileType.NotFound:
         raise DataError(f"data path not found: {path}")
@@ -54,7 +49,7 @@ def infer_format(path: str) -> str:
 
 
 def _files(path: str, extensions: tuple[str, ...]) -> list[tuple[pyarrow.fs.FileSystem, str]]:
-    fs, inner = _filesystem(path)
+    fs, inner = filesystem(path)
     if fs.get_file_info(inner).type == pyarrow.fs.FileType.File:
         return [(fs, inner)]
     infos = fs.get_file_info(pyarrow.fs.FileSelector(inner, recursive=True))

@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow.fs
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 import ray.data
+
+from distdl.paths import read_bytes
 
 
 class BadInputError(ValueError):
@@ -60,12 +61,15 @@ class ImagePreprocessor:
         """One image (encoded bytes, a path/URI, or a pixel array) -> float32 (H, W, C) in [0, 1]."""
         try:
             if isinstance(value, str):
-                value = _read_file(value)
+                value = read_bytes(value)
             if isinstance(value, (bytes, bytearray)):
                 return self._from_pil(Image.open(io.BytesIO(value)))
             return self._from_array(np.asarray(value))
         except BadInputError:
             raise
+        except UnidentifiedImageError:
+            raise BadInputError(f"cannot decode image in column '{self.input_column}' ({where}): "
+                                "not a readable image file (PNG, JPEG, BMP, GIF, WebP, TIFF)") from None
         except Exception as exc:  # PIL and numpy raise many types; the user needs the row
             raise BadInputError(f"cannot decode image in column '{self.input_column}' ({where}): {exc}") from exc
 
@@ -165,8 +169,3 @@ def _where(batch: dict[str, np.ndarray], i: int) -> str:
         return f"file {batch['path'][i]}"
     return f"row {i} of its batch"
 
-
-def _read_file(path: str) -> bytes:
-    fs, inner = pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (pyarrow.fs.LocalFileSystem(), path)
-    with fs.open_input_stream(inner) as f:
-        return f.read()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional
 
 import ray
@@ -26,12 +27,21 @@ def quiet_data_progress() -> None:
     ctx.print_on_execution_start = False
 
 
+DISTDL_ERROR = re.compile(r"^\s*(?:\(\w+ pid=\d+\)\s*)?distdl\.[\w.]+: (.+)$")
+ANY_ERROR = re.compile(r"^\s*[\w.]+(?:Error|Exception): (.+)$")
+
+
 def root_cause(exc: BaseException) -> str:
-    """The message a user needs from a Ray failure: the innermost error's last line."""
+    """The message a user needs from a Ray failure. Ray wraps a worker's error in several
+    layers of tracebacks and advice; distdl's own error (a bad file, a bad label) wins,
+    else the innermost error line, else the last line."""
     failures = getattr(exc, "worker_failures", None)
-    if failures:
-        exc = next(iter(failures.values()))
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    chain = [next(iter(failures.values()))] if failures else [exc]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    lines = [line for e in chain for line in str(e).splitlines() if line.strip()]
+    for pattern in (DISTDL_ERROR, ANY_ERROR):
+        found = [m.group(1) for m in map(pattern.match, lines) if m]
+        if found:
+            return found[-1]
     return lines[-1] if lines else type(exc).__name__

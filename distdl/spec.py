@@ -15,14 +15,11 @@ from typing import Any, Iterator, Literal, Optional, Union
 import yaml
 
 from distdl import models
+from distdl.paths import is_uri
 from distdl.specbase import SpecError, check, from_dict, join, to_dict, unknown_key
 
 Auto = Literal["auto"]
 DATA_FORMATS = ("parquet", "csv", "jsonl", "image_folder", "text")
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
 
 
 @dataclass

@@ -17,9 +17,11 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(PY) -m distdl demo-data data/digits
 	$(PY) -m distdl train jobs/cnn_digits.yaml --fresh
+	$(PY) -m distdl score --checkpoint runs/cnn_digits/best --input data/digits/holdout.parquet \
+		--output out/digits_scores --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -x -q --durations=15 tests
 
 clean:
-	rm -rf runs data/digits .pytest_cache
+	rm -rf runs out data/digits .pytest_cache

@@ -15,6 +15,7 @@ A run folder ``<storage>/<name>`` holds ``checkpoints/epoch_NNNN`` (the newest `
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -181,6 +182,14 @@ def load_train_state(path: str) -> tuple[dict, dict | None]:
     meta = state.pop("optimizer", None)
     optimizer = _unflatten_optimizer(_read_tensors(path, "optimizer.safetensors"), meta) if meta else None
     return state, optimizer
+
+
+def identity(path: str) -> str:
+    """A hash of the weights and the preprocessor: equal iff two checkpoints score alike."""
+    digest = hashlib.sha256()
+    for name in ("model.safetensors", "preprocessor.json"):
+        digest.update(read_bytes(join(path, name)))
+    return digest.hexdigest()
 
 
 def load_spec(path: str) -> dict:

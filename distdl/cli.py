@@ -13,6 +13,7 @@ EPILOG = """examples:
   distdl validate jobs/cnn_digits.yaml
   distdl train jobs/cnn_digits.yaml --set train.lr=0.01 --set scaling.num_workers=1
   distdl train jobs/cnn_digits.yaml --address auto        # an already running Ray cluster
+  distdl score --checkpoint runs/cnn_digits/best --input data/unlabeled/ --output out/scores/
 """
 
 
@@ -38,6 +39,26 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--fresh", action="store_true",
                        help="delete an existing local run folder of this name instead of resuming it")
 
+    score = sub.add_parser("score", help="score a data set with a checkpoint into parquet",
+                           description="Run the checkpoint's model over every row in a Ray Data actor pool. "
+                           "Re-running with the same --output resumes; bad rows get an 'error' message.")
+    score.add_argument("--checkpoint", required=True, help="checkpoint folder, e.g. runs/cnn_digits/best")
+    score.add_argument("--input", required=True, help="parquet/csv/jsonl file or folder, image folder, or URI")
+    score.add_argument("--output", required=True, help="output folder (parquet files + manifest)")
+    score.add_argument("--format", default="auto", help="input format (default: from the path)")
+    score.add_argument("--id-column", default=None,
+                       help="unique row id column (default: 'id', else 'path'; without one a content hash is "
+                       "used and the job cannot resume)")
+    score.add_argument("--batch-size", type=int, default=256)
+    score.add_argument("--min-actors", type=int, default=1)
+    score.add_argument("--max-actors", type=int, default=None,
+                       help="default: one per CPU (or GPU), leaving one CPU for reading")
+    score.add_argument("--cpus", type=float, default=1.0, help="CPUs per actor (fractions allowed)")
+    score.add_argument("--gpus", type=float, default=0.0, help="GPUs per actor")
+    score.add_argument("--top-k", type=int, default=5, help="how many top labels to keep per row")
+    score.add_argument("--overwrite", action="store_true", help="replace an output of another checkpoint")
+    score.add_argument("--address", default=None, help="Ray cluster to use (as for train)")
+
     validate = sub.add_parser("validate", help="check a job spec without starting Ray")
     _spec_args(validate)
     validate.add_argument("--print", action="store_true", help="print the resolved spec with every default")
@@ -62,6 +83,17 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from distdl import data, runtime, score
+
+    data.infer_format(args.input)  # a missing path fails here, before Ray starts
+    runtime.connect(args.address)
+    resources = score.Resources(args.batch_size, args.min_actors, args.max_actors, args.cpus, args.gpus)
+    print(score.score(args.checkpoint, args.input, args.output, resources, args.format, args.id_column,
+                      args.top_k, args.overwrite).describe())
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     spec = specmod.load(args.spec, args.overrides)
     print(specmod.dump(spec) if args.print else f"{args.spec}: ok ({spec.model_family} '{spec.name}')")
@@ -76,7 +108,7 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "validate": _validate, "demo-data": _demo_data}
+COMMANDS = {"train": _train, "score": _score, "validate": _validate, "demo-data": _demo_data}
 
 
 def main(argv: list[str] | None = None) -> int:

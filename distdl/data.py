@@ -112,14 +112,19 @@ def _keep_side(batch: dict[str, np.ndarray], val_fraction: float, seed: int, key
     return {k: v[mask] for k, v in batch.items()}
 
 
+def value_bytes(value: object) -> bytes:
+    """Bytes that identify a cell's value, the same whichever reader produced it."""
+    if isinstance(value, np.ndarray):
+        return value.tobytes()
+    if isinstance(value, bytes):
+        return value
+    return str(value.item() if isinstance(value, np.generic) else value).encode()
+
+
 def _unit_hash(seed: int, values: list) -> float:
     h = hashlib.blake2b(str(seed).encode(), digest_size=8)
     for v in values:
-        if isinstance(v, np.ndarray):
-            v = v.tobytes()
-        elif not isinstance(v, bytes):
-            v = str(v.item() if isinstance(v, np.generic) else v).encode()
-        h.update(v)
+        h.update(value_bytes(v))
     return int.from_bytes(h.digest(), "little") / 2**64
 
 

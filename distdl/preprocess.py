@@ -38,13 +38,16 @@ class ImagePreprocessor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw batch -> {"x": float32 (N, C, H, W), "y": int64 (N,) when labels are present}."""
         values = batch[self.input_column]
-        pixels = np.stack([self.decode(v, _where(batch, i)) for i, v in enumerate(values)])  # (N, H, W, C)
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.asarray(self.std, dtype=np.float32)
-        out = {"x": np.ascontiguousarray(((pixels - mean) / std).transpose(0, 3, 1, 2))}
+        out = {"x": self.normalize(np.stack([self.decode(v, _where(batch, i)) for i, v in enumerate(values)]))}
         if self.label_column in batch:
             out["y"] = self.encode_labels(batch[self.label_column], batch)
         return out
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """Decoded pixels (N, H, W, C) in [0, 1] -> normalized float32 (N, C, H, W)."""
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(((pixels - mean) / std).transpose(0, 3, 1, 2))
 
     def encode_labels(self, labels: np.ndarray, batch: dict[str, np.ndarray]) -> np.ndarray:
         index = {_plain(c): i for i, c in enumerate(self.classes)}

@@ -1,0 +1,98 @@
+"""Scoring throughput, side by side: distdl score against a plain single-process loop.
+
+Both score the same random-weight ResNet-18 (small stem, 32x32x3, 10 classes) checkpoint on
+the same parquet of random uint8 images (flat list<uint8>):
+
+  (a) one process: pyarrow read -> the checkpoint's ImagePreprocessor -> inference_mode,
+      torch using every core;
+  (b) ``distdl.score.score`` on an embedded local Ray with its default actor pool.
+
+It prints rows/s of each, the ratio (b)/(a), and each as a share of the compute bound:
+the model's forward FLOPs per row (counted) against a measured float32 matmul FLOP/s.
+
+    .venv/bin/python benchmarks/score_throughput.py              # 20k rows
+    .venv/bin/python benchmarks/score_throughput.py --rows 1000  # a quick smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from distdl import checkpoint, models, runtime, score
+from distdl.models.cnn import CNNConfig
+from distdl.preprocess import ImagePreprocessor
+
+SIZE, CLASSES, BATCH = 32, 10, 256
+
+
+def write_inputs(root: Path, rows: int) -> tuple[str, str]:
+    pre = ImagePreprocessor("image", "label", SIZE, 3, [0.5] * 3, [0.25] * 3, list(range(CLASSES)))
+    cfg = CNNConfig(arch="resnet18", in_channels=3, num_classes=CLASSES)
+    torch.manual_seed(0)
+    ckpt = checkpoint.save(str(root / "ckpt"), models.build_model("cnn", cfg), "cnn", cfg, pre, {}, {"epoch": 0})
+    pixels = np.random.default_rng(0).integers(0, 256, size=(rows, SIZE * SIZE * 3), dtype=np.uint8)
+    images = pa.FixedSizeListArray.from_arrays(pa.array(pixels.ravel()), SIZE * SIZE * 3).cast(pa.list_(pa.uint8()))
+    pq.write_table(pa.table({"id": np.arange(rows), "image": images}), root / "input.parquet", row_group_size=2048)
+    return ckpt, str(root / "input.parquet")
+
+
+def plain_loop(ckpt: str, path: str) -> float:
+    torch.set_num_threads(os.cpu_count())
+    model, pre, _ = checkpoint.load_model(ckpt)
+    started, rows = time.perf_counter(), 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=["image"]):
+        images = np.array(batch.column("image").to_pylist() + [None], dtype=object)[:-1]
+        x = torch.from_numpy(pre({"image": images})["x"])
+        with torch.inference_mode():
+            model(x).softmax(dim=1).topk(5, dim=1)
+        rows += len(images)
+    return rows / (time.perf_counter() - started)
+
+
+def flops_per_row(ckpt: str) -> float:
+    model, _, _ = checkpoint.load_model(ckpt)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.zeros(1, 3, SIZE, SIZE))
+    return counter.get_total_flops()
+
+
+def matmul_flops() -> float:
+    torch.set_num_threads(os.cpu_count())
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    started, reps = time.perf_counter(), 10
+    for _ in range(reps):
+        a @ b
+    return reps * 2 * 2048**3 / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="distdl-score-bench-") as tmp:
+        ckpt, path = write_inputs(Path(tmp), args.rows)
+        bound = matmul_flops() / flops_per_row(ckpt)  # rows/s if every FLOP ran at matmul speed
+        plain = plain_loop(ckpt, path)
+        runtime.connect()
+        runtime.quiet_data_progress()
+        summary = score.score(ckpt, path, str(Path(tmp) / "out"), score.Resources(batch_size=BATCH))
+        distdl = summary.rows_this_run / summary.seconds
+    print(f"compute bound: {bound:,.0f} rows/s ({os.cpu_count()} cores)")
+    print(f"(a) plain loop:   {plain:,.0f} rows/s  ({plain / bound:.1%} of bound)")
+    print(f"(b) distdl score: {distdl:,.0f} rows/s  ({distdl / bound:.1%} of bound; includes Ray start-up "
+          f"of actors and the manifest/identity hash)")
+    print(f"ratio (b)/(a): {distdl / plain:.2f}")
+
+
+if __name__ == "__main__":
+    main()

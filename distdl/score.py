@@ -1,0 +1,170 @@
+"""Batch scoring: read any supported input, run the Predictor in a Ray Data actor pool, write parquet.
+
+Resuming uses Ray Data's own checkpointing (id-column based, two-phase commit per output
+file): a re-run with the same output skips rows whose output file was committed and
+deletes files of uncommitted ones, so no row is scored twice into the output. A small
+manifest in the output folder records which checkpoint produced it, so a different
+model is never mixed into an existing output.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset
+import pyarrow.fs
+
+import ray
+import ray.data
+from ray.data.checkpoint import CheckpointConfig
+
+from distdl import checkpoint, data
+from distdl.paths import filesystem, is_uri
+from distdl.predict import Predictor
+
+MANIFEST = "_distdl_score.json"
+RAY_CHECKPOINT = "_ray_checkpoint"  # '_' prefix: parquet readers skip it
+ROW_ID = "row_id"
+
+
+@dataclass
+class Resources:
+    batch_size: int = 256
+    min_actors: int = 1
+    max_actors: int | None = None  # None: every CPU (or GPU) but one CPU left for reading
+    cpus: float = 1.0  # per actor; fractions allowed
+    gpus: float = 0.0  # per actor
+
+    def pool(self) -> ray.data.ActorPoolStrategy:
+        total = ray.cluster_resources()
+        if self.max_actors:
+            top = self.max_actors
+        elif self.gpus:
+            top = int(total.get("GPU", 0) / self.gpus)
+        else:
+            # Actors decode and run the model; reading still needs a CPU, or the pool starves it.
+            top = int((total.get("CPU", 1) - 1) / self.cpus)
+        top = max(top, 1)
+        return ray.data.ActorPoolStrategy(min_size=min(self.min_actors, top), max_size=top)
+
+
+@dataclass
+class Summary:
+    rows_in: int
+    rows_out: int
+    rows_scored: int
+    rows_with_errors: int
+    rows_this_run: int
+    seconds: float
+    output: str
+
+    def describe(self) -> str:
+        rate = self.rows_this_run / self.seconds if self.seconds else 0.0
+        return (f"rows in: {self.rows_in}  rows scored: {self.rows_scored}  rows with errors: "
+                f"{self.rows_with_errors}  ({self.rows_this_run} this run, {rate:,.0f} rows/s)\n"
+                f"output: {self.output}")
+
+
+def score(checkpoint_path: str, input_path: str, output_path: str, resources: Resources = Resources(),
+          fmt: str = "auto", id_column: str | None = None, top_k: int = 5, overwrite: bool = False) -> Summary:
+    """Score ``input_path`` with the checkpoint into parquet files under ``output_path``."""
+    output_path = output_path if is_uri(output_path) else str(Path(output_path).absolute())  # Ray needs absolute
+    started = time.perf_counter()
+    ds = data.read(input_path, fmt)
+    id_column = id_column or next((c for c in ("id", "path") if c in ds.columns()), None)
+    manifest = {"checkpoint": checkpoint_path, "identity": checkpoint.identity(checkpoint_path),
+                "id_column": id_column or ROW_ID, "complete": False}
+    before = _prepare_output(output_path, manifest, overwrite, resumable=id_column is not None)
+    if before is None:  # this checkpoint already scored everything here
+        return _summarize(ds.count(), output_path, 0, time.perf_counter() - started)
+    if id_column is None:
+        ds = ds.map_batches(_add_row_id, fn_kwargs={"column": ds.columns()[0]}, batch_format="numpy")
+    scored = ds.map_batches(
+        Predictor, batch_format="numpy", batch_size=resources.batch_size, compute=resources.pool(),
+        num_cpus=resources.cpus, num_gpus=resources.gpus or None,
+        fn_constructor_kwargs={"checkpoint_path": checkpoint_path, "top_k": top_k,
+                               "threads": max(1, int(resources.cpus)), "passthrough": [manifest["id_column"]],
+                               "where_column": manifest["id_column"], "device": "cuda" if resources.gpus else "cpu"})
+    _write(scored, output_path, id_column)
+    _write_manifest(output_path, {**manifest, "complete": True})
+    written = max(0, _output_counts(output_path)[0] - before)  # approximate after a kill (orphan files)
+    return _summarize(ds.count(), output_path, written, time.perf_counter() - started)
+
+
+def _write(scored: ray.data.Dataset, output_path: str, id_column: str | None) -> None:
+    """Write with Ray Data checkpointing on (when rows have an id), restoring the context after."""
+    ctx = ray.data.DataContext.get_current()
+    previous = ctx.checkpoint_config
+    if id_column:
+        # Kept after success: a re-run then finds every row done instead of scoring it again.
+        ctx.checkpoint_config = CheckpointConfig(id_column=id_column, delete_checkpoint_on_success=False,
+                                                 checkpoint_path=checkpoint.join(output_path, RAY_CHECKPOINT))
+    try:
+        scored.write_parquet(output_path)
+    finally:
+        ctx.checkpoint_config = previous
+
+
+def _prepare_output(output_path: str, manifest: dict, overwrite: bool, resumable: bool) -> int | None:
+    """Rows already in the output (None when it is complete), after refusing a mismatch."""
+    fs, inner = filesystem(output_path)
+    old = _read_manifest(output_path)
+    if old and not overwrite:
+        if old["identity"] != manifest["identity"]:
+            raise ValueError(f"{output_path} holds scores of another checkpoint ({old['checkpoint']}); "
+                             "use --overwrite to replace them, or another --output")
+        if not resumable:
+            raise ValueError(f"{output_path} already holds scores and the input has no id column to resume "
+                             "by (pass --id-column); use --overwrite to score everything again")
+        if old["complete"]:
+            return None
+    elif fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound:
+        if old is None and not overwrite and fs.get_file_info(pyarrow.fs.FileSelector(inner)):
+            raise ValueError(f"{output_path} is not empty and was not written by distdl score; "
+                             "use --overwrite to replace it")
+        fs.delete_dir_contents(inner, missing_dir_ok=True)
+    fs.create_dir(inner, recursive=True)
+    _write_manifest(output_path, manifest)
+    return _output_counts(output_path)[0]
+
+
+def _read_manifest(output_path: str) -> dict | None:
+    fs, inner = filesystem(output_path)
+    path = checkpoint.join(inner, MANIFEST)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
+
+
+def _write_manifest(output_path: str, manifest: dict) -> None:
+    fs, inner = filesystem(output_path)
+    with fs.open_output_stream(checkpoint.join(inner, MANIFEST)) as f:
+        f.write(json.dumps(manifest, indent=2).encode())
+
+
+def _output_counts(output_path: str) -> tuple[int, int]:
+    """(rows, rows with an error) over the committed output files."""
+    fs, inner = filesystem(output_path)
+    files = [i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(inner))
+             if i.type == pyarrow.fs.FileType.File and i.base_name.endswith(".parquet")]
+    if not files:
+        return 0, 0
+    errors = pyarrow.dataset.dataset(files, format="parquet", filesystem=fs).to_table(columns=["error"])["error"]
+    return len(errors), pc.count(errors).as_py()  # count() skips nulls: the rows with an error
+
+
+def _summarize(rows_in: int, output_path: str, rows_this_run: int, seconds: float) -> Summary:
+    rows_out, errors = _output_counts(output_path)
+    return Summary(rows_in, rows_out, rows_out - errors, errors, rows_this_run, seconds, output_path)
+
+
+def _add_row_id(batch: dict[str, np.ndarray], column: str) -> dict[str, np.ndarray]:
+    """A stable id from the row's content, for inputs without an id column or file path."""
+    ids = [hashlib.blake2b(data.value_bytes(v), digest_size=8).hexdigest() for v in batch[column]]
+    return {**batch, ROW_ID: np.array(ids, dtype=object)}

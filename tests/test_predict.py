@@ -1,0 +1,67 @@
+"""Predictor: the one inference path; bad rows become errors, never exceptions or gaps."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from distdl import checkpoint, data, models, preprocess
+from distdl.models.cnn import CNNConfig
+from distdl.predict import Predictor
+
+
+def tiny_checkpoint(dest: Path, train_parquet: Path, arch: str = "smallcnn", size: int = 8) -> str:
+    """A checkpoint of an untrained model with a really fitted preprocessor (no Ray Train)."""
+    pre = preprocess.fit(data.read(str(train_parquet)), "image", "label", size, 1, None, None, True, 200)
+    cfg = models.complete_config("cnn", CNNConfig(arch=arch, width=8), pre)
+    torch.manual_seed(0)
+    model = models.build_model("cnn", cfg)
+    return checkpoint.save(str(dest), model, "cnn", cfg, pre, {}, {"epoch": 0})
+
+
+@pytest.fixture(scope="module")
+def ckpt(ray_session, digits, tmp_path_factory) -> str:
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best", digits["train"])
+
+
+def holdout_batch(digits, n: int) -> dict[str, np.ndarray]:
+    table = pq.read_table(digits["holdout"]).slice(0, n)
+    return {k: np.array(table[k].to_pylist() + [None], dtype=object)[:-1] for k in table.column_names}
+
+
+def test_scores_match_the_model_on_the_preprocessed_batch(ckpt, digits):
+    batch = holdout_batch(digits, 16)
+    out = Predictor(ckpt, top_k=3, passthrough=["id"])(batch)
+    model, pre, _ = checkpoint.load_model(ckpt)
+    with torch.inference_mode():
+        probs = torch.softmax(model(torch.from_numpy(pre(batch)["x"])), dim=1).numpy()
+    np.testing.assert_array_equal(out["id"], batch["id"])
+    np.testing.assert_allclose(np.array(out["probability"], dtype=float), probs.max(axis=1), rtol=1e-5)
+    assert list(out["label"]) == [pre.classes[i] for i in probs.argmax(axis=1)]
+    for labels, p, label in zip(out["top_labels"], out["top_probabilities"], out["label"]):
+        assert len(labels) == 3 and labels[0] == label and p == sorted(p, reverse=True)
+    assert all(e is None for e in out["error"])
+
+
+def test_bad_rows_get_an_error_and_null_predictions_and_the_rest_are_scored(ckpt, digits):
+    batch = holdout_batch(digits, 5)
+    good = Predictor(ckpt, passthrough=["id"])(batch)
+    nan = np.full((8, 8), np.nan)
+    batch["image"][1], batch["image"][2], batch["image"][3] = b"not an image", np.zeros((3, 5, 7)), nan
+    out = Predictor(ckpt, passthrough=["id"], where_column="id")(batch)
+    assert len(out["error"]) == 5 and list(out["id"]) == list(batch["id"])
+    assert "cannot decode image" in out["error"][1] and f"id {batch['id'][1]}" in out["error"][1]
+    assert "shape (3, 5, 7)" in out["error"][2] and "NaN" in out["error"][3]
+    for i in (1, 2, 3):
+        assert out["label"][i] is None and out["probability"][i] is None and out["top_labels"][i] is None
+    for i in (0, 4):  # the good rows score exactly as in an all-good batch
+        assert out["error"][i] is None and out["label"][i] == good["label"][i]
+        assert out["probability"][i] == pytest.approx(good["probability"][i], rel=1e-5)
+
+
+def test_a_batch_of_only_bad_rows_is_all_errors(ckpt):
+    out = Predictor(ckpt)({"image": np.array([b"x", b"y"], dtype=object)})
+    assert all(e for e in out["error"]) and list(out["label"]) == [None, None]

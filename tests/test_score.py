@@ -1,0 +1,80 @@
+"""distdl score on the session's real local Ray: nothing lost, bad rows kept, parity, refusal."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_predict import holdout_batch, tiny_checkpoint
+
+from distdl import score
+from distdl.predict import Predictor
+
+SMALL = score.Resources(batch_size=32, max_actors=2)
+
+
+@pytest.fixture(scope="module")
+def ckpt(ray_session, digits, tmp_path_factory) -> str:
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best", digits["train"])
+
+
+@pytest.fixture(scope="module")
+def with_bad_image(digits, tmp_path_factory):
+    table = pq.read_table(digits["holdout"])
+    images = table["image"].to_pylist()
+    images[3] = b"not an image"
+    path = tmp_path_factory.mktemp("input") / "holdout.parquet"
+    pq.write_table(table.set_column(1, "image", pa.array(images, pa.binary())), path)
+    return path, table["id"][3].as_py()
+
+
+def rows_by_id(output) -> dict:
+    rows = pq.read_table(output).to_pylist()
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)), "a row was written twice"
+    return {r["id"]: r for r in rows}
+
+
+def test_every_row_comes_out_once_and_bad_rows_carry_an_error(ckpt, digits, with_bad_image, tmp_path):
+    path, bad_id = with_bad_image
+    summary = score.score(ckpt, str(path), str(tmp_path / "out"), SMALL)
+    rows = rows_by_id(tmp_path / "out")
+    assert set(rows) == set(pq.read_table(path)["id"].to_pylist())
+    assert "cannot decode image" in rows[bad_id]["error"] and rows[bad_id]["label"] is None
+    assert (summary.rows_in, summary.rows_scored, summary.rows_with_errors) == (len(rows), len(rows) - 1, 1)
+    assert f"rows in: {len(rows)}" in summary.describe()
+
+
+def test_scores_equal_the_predictor_called_directly(ckpt, digits, tmp_path):
+    score.score(ckpt, str(digits["holdout"]), str(tmp_path / "out"), SMALL)
+    rows = rows_by_id(tmp_path / "out")
+    batch = holdout_batch(digits, 1000)
+    direct = Predictor(ckpt)(batch)
+    for i, row_id in enumerate(batch["id"]):
+        assert rows[row_id]["label"] == direct["label"][i]
+        assert rows[row_id]["top_labels"] == direct["top_labels"][i]
+        np.testing.assert_allclose(rows[row_id]["top_probabilities"], direct["top_probabilities"][i], rtol=1e-5)
+
+
+def test_pixel_arrays_of_wrong_shape_or_nan_are_errors_not_failures(ckpt, tmp_path):
+    good = np.random.default_rng(0).random(64).tolist()
+    pixels = [good, good[:10], [float("nan")] * 64, good]
+    pq.write_table(pa.table({"id": [0, 1, 2, 3], "image": pa.array(pixels, pa.list_(pa.float64()))}),
+                   tmp_path / "pixels.parquet")
+    summary = score.score(ckpt, str(tmp_path / "pixels.parquet"), str(tmp_path / "out"), SMALL)
+    rows = rows_by_id(tmp_path / "out")
+    assert "shape" in rows[1]["error"] and "NaN" in rows[2]["error"]
+    assert rows[0]["error"] is None and rows[3]["label"] == rows[0]["label"]
+    assert (summary.rows_scored, summary.rows_with_errors) == (2, 2)
+
+
+def test_another_checkpoint_is_refused_unless_overwrite(ckpt, digits, tmp_path):
+    out = str(tmp_path / "out")
+    score.score(ckpt, str(digits["holdout"]), out, SMALL)
+    other = tiny_checkpoint(tmp_path / "other", digits["train"], arch="resnet18")
+    with pytest.raises(ValueError, match="another checkpoint"):
+        score.score(other, str(digits["holdout"]), out, SMALL)
+    again = score.score(ckpt, str(digits["holdout"]), out, SMALL)  # same checkpoint: already complete
+    assert again.rows_this_run == 0 and again.rows_out == again.rows_in
+    replaced = score.score(other, str(digits["holdout"]), out, SMALL, overwrite=True)
+    assert replaced.rows_out == replaced.rows_in == len(rows_by_id(out))

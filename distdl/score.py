@@ -40,17 +40,24 @@ class Resources:
     cpus: float = 1.0  # per actor; fractions allowed
     gpus: float = 0.0  # per actor
 
-    def pool(self) -> ray.data.ActorPoolStrategy:
+    def max_size(self) -> int:
         total = ray.cluster_resources()
         if self.max_actors:
-            top = self.max_actors
-        elif self.gpus:
-            top = int(total.get("GPU", 0) / self.gpus)
-        else:
-            # Actors decode and run the model; reading still needs a CPU, or the pool starves it.
-            top = int((total.get("CPU", 1) - 1) / self.cpus)
-        top = max(top, 1)
+            return self.max_actors
+        if self.gpus:
+            return max(1, int(total.get("GPU", 0) / self.gpus))
+        # Actors decode and run the model; reading still needs a CPU, or the pool starves it.
+        return max(1, int((total.get("CPU", 1) - 1) / self.cpus))
+
+    def pool(self) -> ray.data.ActorPoolStrategy:
+        top = self.max_size()
         return ray.data.ActorPoolStrategy(min_size=min(self.min_actors, top), max_size=top)
+
+    def threads(self) -> int:
+        """Torch threads per actor: the cluster's CPUs shared over the full pool, at least the
+        actor's own CPUs. The CPU kept for reading does little next to the model, so on a
+        2-core machine one actor runs 2 threads, as one training worker does (layout.py)."""
+        return max(1, int(self.cpus), int(ray.cluster_resources().get("CPU", 1) // self.max_size()))
 
 
 @dataclass
@@ -88,7 +95,7 @@ def score(checkpoint_path: str, input_path: str, output_path: str, resources: Re
         Predictor, batch_format="numpy", batch_size=resources.batch_size, compute=resources.pool(),
         num_cpus=resources.cpus, num_gpus=resources.gpus or None,
         fn_constructor_kwargs={"checkpoint_path": checkpoint_path, "top_k": top_k,
-                               "threads": max(1, int(resources.cpus)), "passthrough": [manifest["id_column"]],
+                               "threads": resources.threads(), "passthrough": [manifest["id_column"]],
                                "where_column": manifest["id_column"], "device": "cuda" if resources.gpus else "cpu"})
     _write(scored, output_path, id_column)
     _write_manifest(output_path, {**manifest, "complete": True})

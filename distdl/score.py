@@ -82,15 +82,16 @@ def score(checkpoint_path: str, input_path: str, output_path: str, resources: Re
     """Score ``input_path`` with the checkpoint into parquet files under ``output_path``."""
     output_path = output_path if is_uri(output_path) else str(Path(output_path).absolute())  # Ray needs absolute
     started = time.perf_counter()
-    ds = data.read(input_path, fmt)
-    id_column = id_column or next((c for c in ("id", "path") if c in ds.columns()), None)
+    raw = data.read(input_path, fmt)
+    id_column = id_column or next((c for c in ("id", "path") if c in raw.columns()), None)
     manifest = {"checkpoint": checkpoint_path, "identity": checkpoint.identity(checkpoint_path),
                 "id_column": id_column or ROW_ID, "complete": False}
     before = _prepare_output(output_path, manifest, overwrite, resumable=id_column is not None)
     if before is None:  # this checkpoint already scored everything here
-        return _summarize(ds.count(), output_path, 0, time.perf_counter() - started)
+        return _summarize(raw.count(), output_path, None, time.perf_counter() - started)
+    ds = raw
     if id_column is None:
-        ds = ds.map_batches(_add_row_id, fn_kwargs={"column": ds.columns()[0]}, batch_format="numpy")
+        ds = raw.map_batches(_add_row_id, fn_kwargs={"column": raw.columns()[0]}, batch_format="numpy")
     scored = ds.map_batches(
         Predictor, batch_format="numpy", batch_size=resources.batch_size, compute=resources.pool(),
         num_cpus=resources.cpus, num_gpus=resources.gpus or None,
@@ -99,8 +100,8 @@ def score(checkpoint_path: str, input_path: str, output_path: str, resources: Re
                                "where_column": manifest["id_column"], "device": "cuda" if resources.gpus else "cpu"})
     _write(scored, output_path, id_column)
     _write_manifest(output_path, {**manifest, "complete": True})
-    written = max(0, _output_counts(output_path)[0] - before)  # approximate after a kill (orphan files)
-    return _summarize(ds.count(), output_path, written, time.perf_counter() - started)
+    # Count the raw input: the row-id map would hash every row again just to be counted.
+    return _summarize(raw.count(), output_path, before, time.perf_counter() - started)
 
 
 def _write(scored: ray.data.Dataset, output_path: str, id_column: str | None) -> None:
@@ -166,9 +167,11 @@ def _output_counts(output_path: str) -> tuple[int, int]:
     return len(errors), pc.count(errors).as_py()  # count() skips nulls: the rows with an error
 
 
-def _summarize(rows_in: int, output_path: str, rows_this_run: int, seconds: float) -> Summary:
+def _summarize(rows_in: int, output_path: str, rows_before: int | None, seconds: float) -> Summary:
+    """``rows_before``: output rows before this run; None when the run had nothing to do."""
     rows_out, errors = _output_counts(output_path)
-    return Summary(rows_in, rows_out, rows_out - errors, errors, rows_this_run, seconds, output_path)
+    this_run = 0 if rows_before is None else max(0, rows_out - rows_before)  # approximate after a kill
+    return Summary(rows_in, rows_out, rows_out - errors, errors, this_run, seconds, output_path)
 
 
 def _add_row_id(batch: dict[str, np.ndarray], column: str) -> dict[str, np.ndarray]:

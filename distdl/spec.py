@@ -206,7 +206,7 @@ def _cross_checks(spec: JobSpec) -> Iterator[tuple[str, str]]:
     yield from check(not (train.precision == "fp16" and scaling.use_gpu is False), "train.precision",
                      "fp16 needs a GPU (scaling.use_gpu); use bf16 on CPU")
     fmt = spec.data.format
-    yield from check(fmt not in ("text",), "data.format", "'text' data needs a sequence model family (not yet available for 'cnn')")
+    yield from check(fmt != "text", "data.format", "'text' data needs a sequence model family (not yet available for 'cnn')")
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

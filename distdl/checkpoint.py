@@ -95,10 +95,10 @@ def save(dest: str, model: nn.Module, family: str, model_cfg: Any, preprocessor:
 
 
 def prune(run_dir: str, keep: int) -> None:
-    """Delete all but the newest ``keep`` complete epoch checkpoints (and any incomplete older)."""
-    complete = list_checkpoints(run_dir)
-    fs, inner = filesystem(run_dir)
-    for path in complete[:-keep]:
+    """Delete all but the newest ``keep`` complete epoch checkpoints. Incomplete folders (a
+    write cut short) are left alone: they are ignored, and overwritten if their epoch re-runs."""
+    fs, _ = filesystem(run_dir)
+    for path in list_checkpoints(run_dir)[:-keep]:
         fs.delete_dir(filesystem(path)[1])
 
 

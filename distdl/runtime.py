@@ -17,7 +17,10 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> No
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
+        # "local": a new embedded Ray even when a `ray start` cluster runs on this machine
+        # (address=None would silently join it).
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 log_to_driver=True)
 
 
 def quiet_data_progress() -> None:

@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from distdl import checkpoint, models, runtime, score
 from distdl.models.cnn import CNNConfig
-from distdl.preprocess import ImagePreprocessor
+from distdl.preprocessors.image import ImagePreprocessor
 
 SIZE, CLASSES, BATCH = 32, 10, 256
 

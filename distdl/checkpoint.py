@@ -27,9 +27,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from distdl import models
+from distdl import models, preprocessors
 from distdl.paths import filesystem, read_bytes
-from distdl.preprocess import ImagePreprocessor
 
 MARKER = "COMPLETE"
 CHECKPOINTS = "checkpoints"
@@ -70,7 +69,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save(dest: str, model: nn.Module, family: str, model_cfg: Any, preprocessor: ImagePreprocessor,
+def save(dest: str, model: nn.Module, family: str, model_cfg: Any, preprocessor: Any,
          spec: dict, train_state: dict, optimizer: torch.optim.Optimizer | None = None) -> str:
     """Write a complete checkpoint to ``dest`` (replacing any there); the marker goes last."""
     fs, inner = filesystem(dest)
@@ -157,7 +156,7 @@ def _require_complete(path: str) -> None:
         raise FileNotFoundError(f"{path} is not a complete distdl checkpoint (no {MARKER} marker)")
 
 
-def load_model(path: str) -> tuple[nn.Module, ImagePreprocessor, dict]:
+def load_model(path: str) -> tuple[nn.Module, Any, dict]:
     """(model in eval mode on CPU, preprocessor, model.json) from a checkpoint folder."""
     _require_complete(path)
     meta = json.loads(_read_text(path, "model.json"))
@@ -167,8 +166,8 @@ def load_model(path: str) -> tuple[nn.Module, ImagePreprocessor, dict]:
     return model.eval(), load_preprocessor(path), meta
 
 
-def load_preprocessor(path: str) -> ImagePreprocessor:
-    return ImagePreprocessor.from_json(_read_text(path, "preprocessor.json"))
+def load_preprocessor(path: str) -> Any:
+    return preprocessors.from_json(_read_text(path, "preprocessor.json"))
 
 
 def load_weights(path: str) -> dict[str, torch.Tensor]:

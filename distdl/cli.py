@@ -55,7 +55,8 @@ def parser() -> argparse.ArgumentParser:
                        help="default: one per CPU (or GPU), leaving one CPU for reading")
     score.add_argument("--cpus", type=float, default=1.0, help="CPUs per actor (fractions allowed)")
     score.add_argument("--gpus", type=float, default=0.0, help="GPUs per actor")
-    score.add_argument("--top-k", type=int, default=5, help="how many top labels to keep per row")
+    score.add_argument("--top-k", type=int, default=None,
+                       help="classification: how many top labels to keep per row (default 5)")
     score.add_argument("--overwrite", action="store_true", help="replace an output of another checkpoint")
     score.add_argument("--address", default=None, help="Ray cluster to use (as for train)")
 
@@ -89,8 +90,9 @@ def _score(args: argparse.Namespace) -> int:
     data.infer_format(args.input)  # a missing path fails here, before Ray starts
     runtime.connect(args.address)
     resources = score.Resources(args.batch_size, args.min_actors, args.max_actors, args.cpus, args.gpus)
+    options = {"top_k": args.top_k} if args.top_k is not None else {}
     print(score.score(args.checkpoint, args.input, args.output, resources, args.format, args.id_column,
-                      args.top_k, args.overwrite).describe())
+                      args.overwrite, options).describe())
     return 0
 
 

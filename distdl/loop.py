@@ -16,13 +16,12 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import ray.train
 import ray.train.torch
 
-from distdl import checkpoint, models
-from distdl.preprocess import ImagePreprocessor
+from distdl import checkpoint, models, preprocessors, tasks
+from distdl.collate import Collate
 
 StepHook = Callable[[int, int, int], None]  # (rank, epoch, step): called before every step
 
@@ -87,7 +86,7 @@ def _all_reduce(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def train_epoch(model, optimizer, scaler, batches, device, train: dict, epoch: int, rank: int,
+def train_epoch(task, model, optimizer, scaler, batches, device, train: dict, epoch: int, rank: int,
                 hook: Optional[StepHook]) -> dict[str, float]:
     """One pass over this worker's shard; returns group-wide loss and timing."""
     model.train()
@@ -102,9 +101,8 @@ def train_epoch(model, optimizer, scaler, batches, device, train: dict, epoch: i
             break
         if hook:
             hook(rank, epoch, step)
-        x, y = batch["x"], batch["y"]  # (B, C, H, W), (B,)
         with _autocast(device, train["precision"]):
-            loss = F.cross_entropy(model(x), y)
+            loss, rows = task.loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if train["grad_clip"]:
@@ -112,8 +110,8 @@ def train_epoch(model, optimizer, scaler, batches, device, train: dict, epoch: i
             torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
         scaler.step(optimizer)
         scaler.update()
-        loss_sum += loss.item() * len(y)
-        seen += len(y)
+        loss_sum += loss.item() * rows
+        seen += rows
         step += 1
     elapsed = time.perf_counter() - start
     total_loss, total_seen, total_wait, total_time = _all_reduce([loss_sum, seen, wait, elapsed], device)
@@ -127,23 +125,16 @@ def train_epoch(model, optimizer, scaler, batches, device, train: dict, epoch: i
 
 
 @torch.inference_mode()
-def evaluate(model, batches, device, precision: str, num_classes: int) -> dict[str, float]:
+def evaluate(task, model, batches, device, precision: str) -> dict[str, float]:
+    """The task's validation metrics over every worker's shard (sums are all-reduced)."""
     model.eval()
-    loss_sum, correct, top5, seen = 0.0, 0.0, 0.0, 0.0
+    totals: dict[str, float] = {}
     for batch in batches:
-        x, y = batch["x"], batch["y"]
         with _autocast(device, precision):
-            logits = model(x).float()  # (B, classes)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        if num_classes > 5:
-            top5 += (logits.topk(5, dim=1).indices == y[:, None]).any(1).sum().item()
-        seen += len(y)
-    loss_sum, correct, top5, seen = _all_reduce([loss_sum, correct, top5, seen], device)
-    out = {"val_loss": loss_sum / max(seen, 1), "val_accuracy": correct / max(seen, 1)}
-    if num_classes > 5:
-        out["val_top5"] = top5 / max(seen, 1)
-    return out
+            for name, value in task.eval_sums(model, batch).items():
+                totals[name] = totals.get(name, 0.0) + value
+    names = sorted(totals)  # the same order on every rank
+    return task.eval_metrics(dict(zip(names, _all_reduce([totals[n] for n in names], device))))
 
 
 def _is_better(value: float, best: Optional[float], mode: str) -> bool:
@@ -157,8 +148,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    preprocessor = ImagePreprocessor.from_json(config["preprocessor"])
+    preprocessor = preprocessors.from_json(config["preprocessor"])
     family, model_cfg = spec["model"]["family"], models.config_from_args(spec["model"]["family"], config["model_args"])
+    task = tasks.create(models.FAMILIES[family].task(model_cfg), preprocessor)
 
     torch.manual_seed(train["seed"])  # same initial weights on every rank (DDP also broadcasts)
     model = models.build_model(family, model_cfg)
@@ -178,10 +170,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     per_worker = train["batch_size"] // world
     shuffle = 4 * per_worker if train["shuffle"] else None
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
-    dtypes = {"x": torch.float32, "y": torch.int64}
+    collate = Collate()  # pads variable-length columns per batch
 
     def epoch_batches() -> Prefetched:
-        return Prefetched(train_shard.iter_torch_batches(batch_size=per_worker, dtypes=dtypes, prefetch_batches=2,
+        return Prefetched(train_shard.iter_torch_batches(batch_size=per_worker, collate_fn=collate, prefetch_batches=2,
                                                          local_shuffle_buffer_size=shuffle))
 
     batches = epoch_batches()
@@ -190,11 +182,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         metrics = {"epoch": epoch, "lr": lr}
-        metrics.update(train_epoch(model, optimizer, scaler, batches, device, train, epoch, rank, config.get("step_hook")))
+        metrics.update(train_epoch(task, model, optimizer, scaler, batches, device, train, epoch, rank,
+                                   config.get("step_hook")))
         if epoch < train["epochs"]:
             batches = epoch_batches()  # the next epoch starts streaming while this one validates
-        val_batches = val_shard.iter_torch_batches(batch_size=per_worker, dtypes=dtypes, prefetch_batches=2)
-        metrics.update(evaluate(model, val_batches, device, train["precision"], len(preprocessor.classes)))
+        val_batches = val_shard.iter_torch_batches(batch_size=per_worker, collate_fn=collate, prefetch_batches=2)
+        metrics.update(evaluate(task, model, val_batches, device, train["precision"]))
         state["history"].append(metrics)
         state["epoch"] = epoch
         if rank == 0:

@@ -78,8 +78,10 @@ class Summary:
 
 
 def score(checkpoint_path: str, input_path: str, output_path: str, resources: Resources = Resources(),
-          fmt: str = "auto", id_column: str | None = None, top_k: int = 5, overwrite: bool = False) -> Summary:
-    """Score ``input_path`` with the checkpoint into parquet files under ``output_path``."""
+          fmt: str = "auto", id_column: str | None = None, overwrite: bool = False,
+          options: dict | None = None) -> Summary:
+    """Score ``input_path`` with the checkpoint into parquet files under ``output_path``;
+    ``options`` go to the Predictor's task (e.g. ``{"top_k": 3}``)."""
     output_path = output_path if is_uri(output_path) else str(Path(output_path).absolute())  # Ray needs absolute
     started = time.perf_counter()
     raw = data.read(input_path, fmt)
@@ -95,7 +97,7 @@ def score(checkpoint_path: str, input_path: str, output_path: str, resources: Re
     scored = ds.map_batches(
         Predictor, batch_format="numpy", batch_size=resources.batch_size, compute=resources.pool(),
         num_cpus=resources.cpus, num_gpus=resources.gpus or None,
-        fn_constructor_kwargs={"checkpoint_path": checkpoint_path, "top_k": top_k,
+        fn_constructor_kwargs={"checkpoint_path": checkpoint_path, **(options or {}),
                                "threads": resources.threads(), "passthrough": [manifest["id_column"]],
                                "where_column": manifest["id_column"], "device": "cuda" if resources.gpus else "cpu"})
     _write(scored, output_path, id_column)

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Literal, Optional, Union
 
 import yaml
 
-from distdl import models
+from distdl import models, tasks
 from distdl.paths import is_uri
 from distdl.specbase import SpecError, check, from_dict, join, to_dict, unknown_key
 
@@ -28,7 +28,7 @@ class DataSpec:
     val: Optional[str] = None  # separate validation data; if null, val_fraction of train is held out
     val_fraction: float = 0.1
     format: Union[Auto, Literal["parquet", "csv", "jsonl", "image_folder", "text"]] = "auto"
-    input_column: str = "image"  # image bytes, pixel array, or path to an image file
+    input_column: Optional[str] = None  # null: the family's default ("image" for cnn)
     label_column: str = "label"
     id_column: Optional[str] = None  # stable row key for the train/val split (default: row content)
 
@@ -37,28 +37,6 @@ class DataSpec:
         yield from check(bool(self.train), "train", "must name a file, folder or URI")
         if self.val is None:
             yield from check(self.val_fraction > 0, "val_fraction", "must be > 0 when data.val is not given")
-
-
-@dataclass
-class PreprocessSpec:
-    image_size: int = 32  # images are resized to image_size x image_size
-    channels: Literal[1, 3] = 3
-    normalize: bool = True  # subtract mean / divide by std
-    mean: Optional[list[float]] = None  # per channel; null: fitted on the training data
-    std: Optional[list[float]] = None
-    augment: list[Literal["random_crop", "hflip"]] = field(default_factory=list)  # training only
-    fit_rows: int = 4096  # rows read on the driver to fit mean/std
-
-    def problems(self) -> Iterator[tuple[str, str]]:
-        yield from check(4 <= self.image_size <= 4096, "image_size", f"must be in [4, 4096], got {self.image_size}")
-        yield from check(self.fit_rows >= 1, "fit_rows", f"must be >= 1, got {self.fit_rows}")
-        for name in ("mean", "std"):
-            values = getattr(self, name)
-            yield from check(
-                values is None or len(values) == self.channels, name,
-                f"needs one value per channel ({self.channels}), got {values}",
-            )
-        yield from check(self.std is None or all(s > 0 for s in self.std), "std", "values must be > 0")
 
 
 @dataclass
@@ -111,20 +89,21 @@ class ScalingSpec:
 class CheckpointSpec:
     every_n_epochs: int = 1
     keep: int = 2  # newest checkpoints kept under checkpoints/ (the best is kept apart, in best/)
-    best_metric: str = "val_accuracy"
-    best_mode: Union[Auto, Literal["max", "min"]] = "auto"  # auto: min for *loss*, else max
+    best_metric: str = "auto"  # auto: the task's own (val_accuracy for classification)
+    best_mode: Union[Auto, Literal["max", "min"]] = "auto"  # auto: min for *loss* / *perplexity*, else max
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from check(self.every_n_epochs >= 1, "every_n_epochs", f"must be >= 1, got {self.every_n_epochs}")
         yield from check(self.keep >= 1, "keep", f"must be >= 1, got {self.keep}")
-        yield from check(self.best_metric in METRICS, "best_metric", f"must be one of {METRICS}, got {self.best_metric!r}")
 
-    def __post_init__(self) -> None:
+    def resolve(self, task: Any) -> Iterator[tuple[str, str]]:
+        """Fill the "auto" fields from the model's task; problems if the metric is not one it reports."""
+        if self.best_metric == "auto":
+            self.best_metric = task.default_best
+        yield from check(self.best_metric in task.metrics, "checkpoint.best_metric",
+                         f"must be one of {task.metrics} for this model, got {self.best_metric!r}")
         if self.best_mode == "auto":
-            self.best_mode = "min" if "loss" in self.best_metric else "max"
-
-
-METRICS = ("val_accuracy", "val_loss", "val_top5", "train_loss")
+            self.best_mode = "min" if "loss" in self.best_metric or "perplexity" in self.best_metric else "max"
 
 
 @dataclass
@@ -141,7 +120,7 @@ class JobSpec:
     data: DataSpec
     model_family: str
     model: Any  # the family's config dataclass (models.FAMILIES)
-    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    preprocess: Any  # the family's preprocess dataclass (models.FAMILIES)
     train: TrainSpec = field(default_factory=TrainSpec)
     scaling: ScalingSpec = field(default_factory=ScalingSpec)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
@@ -159,9 +138,9 @@ class JobSpec:
         return out
 
 
-SECTIONS = {"data": DataSpec, "preprocess": PreprocessSpec, "train": TrainSpec, "scaling": ScalingSpec,
-            "checkpoint": CheckpointSpec, "failure": FailureSpec}
-TOP_LEVEL = ("name", "storage", "model", *SECTIONS)
+SECTIONS = {"data": DataSpec, "train": TrainSpec, "scaling": ScalingSpec, "checkpoint": CheckpointSpec,
+            "failure": FailureSpec}
+TOP_LEVEL = ("name", "storage", "model", "preprocess", *SECTIONS)
 
 
 def parse(raw: Any) -> JobSpec:
@@ -182,15 +161,18 @@ def parse(raw: Any) -> JobSpec:
     if "data" not in raw:
         problems.append(("data", "is required"))
     model_raw = dict(raw.get("model") or {}) if isinstance(raw.get("model"), (dict, type(None))) else None
-    family, model_cfg = None, None
+    family, model_cfg, preprocess_cfg = None, None, None
     if model_raw is None:
         problems.append(("model", f"must be a mapping, got {raw.get('model')!r}"))
     else:
         family = model_raw.pop("family", "cnn")
         model_cfg = models.parse_config(family, model_raw, "model", problems)
+    if family in models.FAMILIES:
+        preprocess_cfg = from_dict(models.FAMILIES[family].preprocess, raw.get("preprocess"), "preprocess", problems)
     spec = None
     if not problems:
-        spec = JobSpec(name=name, storage=storage, model_family=family, model=model_cfg, **sections)
+        spec = JobSpec(name=name, storage=storage, model_family=family, model=model_cfg,
+                       preprocess=preprocess_cfg, **sections)
         problems.extend(_cross_checks(spec))
     if problems:
         raise SpecError(problems)
@@ -205,8 +187,13 @@ def _cross_checks(spec: JobSpec) -> Iterator[tuple[str, str]]:
                          f"must be divisible by scaling.num_workers ({scaling.num_workers}), got {train.batch_size}")
     yield from check(not (train.precision == "fp16" and scaling.use_gpu is False), "train.precision",
                      "fp16 needs a GPU (scaling.use_gpu); use bf16 on CPU")
+    family = models.FAMILIES[spec.model_family]
+    if spec.data.input_column is None:
+        spec.data.input_column = family.input_column
     fmt = spec.data.format
-    yield from check(fmt != "text", "data.format", "'text' data needs a sequence model family (not yet available for 'cnn')")
+    yield from check(fmt == "auto" or fmt in family.formats, "data.format",
+                     f"model family '{spec.model_family}' reads {family.formats}, not {fmt!r}")
+    yield from spec.checkpoint.resolve(tasks.TASKS[family.task(spec.model)])
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

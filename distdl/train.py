@@ -1,14 +1,15 @@
 """Driver side of training: spec -> Ray Data pipelines -> TorchTrainer -> summary.
 
-The path of a batch: data.train_val reads raw rows -> preprocess.fit on the driver ->
-``map_batches(preprocessor)`` (+ ``Augment`` for training) -> TorchTrainer splits the
-stream over workers -> loop.train_loop_per_worker pulls ``iter_torch_batches`` -> DDP step.
+The path of a batch: data.train_val reads raw rows -> the family's preprocessor is fitted on
+the driver -> ``map_batches(preprocessor)`` (+ augmentation for training) -> TorchTrainer
+splits the stream over workers -> loop.train_loop_per_worker pulls ``iter_torch_batches``
+-> the task's loss (tasks/) -> DDP step.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import ray
 import ray.data
@@ -16,10 +17,9 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from distdl import checkpoint, data, models, preprocess, runtime
+from distdl import checkpoint, data, models, runtime
 from distdl.layout import Cluster, Layout, resolve
 from distdl.loop import StepHook, train_loop_per_worker
-from distdl.preprocess import ImagePreprocessor
 from distdl.spec import JobSpec
 
 
@@ -46,21 +46,19 @@ class Summary:
                 f"checkpoint: {self.checkpoint}\nmetrics:    {checkpoint.join(self.run_dir, checkpoint.METRICS)}")
 
 
-def _preprocessor(spec: JobSpec, train_raw: ray.data.Dataset, resume_from: Optional[str]) -> ImagePreprocessor:
+def _preprocessor(spec: JobSpec, train_raw: ray.data.Dataset, resume_from: Optional[str]) -> Any:
     """Re-use the checkpoint's preprocessor on resume, so normalization never changes mid-run."""
     if resume_from:
         return checkpoint.load_preprocessor(resume_from)
-    p = spec.preprocess
-    return preprocess.fit(train_raw, spec.data.input_column, spec.data.label_column, p.image_size, p.channels,
-                          p.mean, p.std, p.normalize, p.fit_rows)
+    return models.FAMILIES[spec.model_family].fit(train_raw, spec.data, spec.preprocess, spec.model)
 
 
-def build_datasets(spec: JobSpec, pre: ImagePreprocessor, train_raw: ray.data.Dataset,
+def build_datasets(spec: JobSpec, pre: Any, train_raw: ray.data.Dataset,
                    val_raw: ray.data.Dataset) -> dict[str, ray.data.Dataset]:
-    """Lazy train/val pipelines of {"x", "y"} batches; augmentation on train only."""
+    """Lazy train/val pipelines of model-input batches; augmentation on train only."""
     train_ds = train_raw.map_batches(pre, batch_format="numpy")
-    if spec.preprocess.augment:
-        train_ds = train_ds.map_batches(preprocess.Augment(spec.preprocess.augment), batch_format="numpy")
+    for step in models.FAMILIES[spec.model_family].augmentations(spec.preprocess):
+        train_ds = train_ds.map_batches(step, batch_format="numpy")
     if spec.train.shuffle:
         train_ds = train_ds.randomize_block_order(seed=None)
     return {"train": train_ds, "val": val_raw.map_batches(pre, batch_format="numpy")}
@@ -105,7 +103,7 @@ def run(spec: JobSpec, step_hook: Optional[StepHook] = None) -> Summary:
     pre = _preprocessor(spec, train_raw, resume_from)
     if spec.checkpoint.best_metric == "val_top5" and len(pre.classes) <= 5:
         raise TrainingError(f"checkpoint.best_metric val_top5 needs more than 5 classes; the data has {len(pre.classes)}")
-    print(f"[distdl] {len(pre.classes)} classes; mean={[round(m, 4) for m in pre.mean]} std={[round(s, 4) for s in pre.std]}")
+    print(f"[distdl] preprocessor: {pre.describe()}", flush=True)
     config = {
         "spec": spec.to_dict(), "run_dir": spec.run_dir, "preprocessor": pre.to_json(),
         "model_args": models.config_args(models.complete_config(spec.model_family, spec.model, pre)),

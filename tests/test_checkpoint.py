@@ -8,7 +8,7 @@ import torch
 
 from distdl import checkpoint, models
 from distdl.models.cnn import CNNConfig
-from distdl.preprocess import ImagePreprocessor
+from distdl.preprocessors.image import ImagePreprocessor
 from distdl.spec import parse
 
 PRE = ImagePreprocessor("image", "label", 16, 1, [0.3], [0.3], list(range(10)))

@@ -9,8 +9,9 @@ import pyarrow.csv
 import pyarrow.parquet as pq
 import pytest
 
-from distdl import data, preprocess
-from distdl.preprocess import BadInputError, ImagePreprocessor
+from distdl import data
+from distdl.preprocessors import BadInputError, image
+from distdl.preprocessors.image import ImagePreprocessor, ImagePreprocessSpec
 
 PRE = ImagePreprocessor("image", "label", 8, 1, [0.0], [1.0], list(range(10)))
 
@@ -109,7 +110,7 @@ def test_split_is_disjoint_complete_and_stable(ray_session, digits):
 
 
 def test_fit_finds_classes_and_normalizes(ray_session, digits):
-    pre = preprocess.fit(data.read(str(digits["train"])), "image", "label", 16, 1, None, None, True, 512)
+    pre = image.fit(data.read(str(digits["train"])), "image", "label", ImagePreprocessSpec(image_size=16, channels=1, fit_rows=512))
     assert pre.classes == list(range(10))
     x = pre(data.read(str(digits["train"])).take_batch(256))["x"]
     assert x.shape == (256, 1, 16, 16)
@@ -120,9 +121,9 @@ def test_fit_refuses_a_single_class_and_missing_columns(ray_session, tmp_path):
     pq.write_table(pa.table({"image": [[0] * 64] * 4, "label": [1] * 4}), tmp_path / "one.parquet")
     ds = data.read(str(tmp_path / "one.parquet"))
     with pytest.raises(BadInputError, match="at least 2"):
-        preprocess.fit(ds, "image", "label", 8, 1, None, None, True, 10)
+        image.fit(ds, "image", "label", ImagePreprocessSpec(image_size=8, channels=1, fit_rows=10))
     with pytest.raises(BadInputError, match="label column 'target' not in the data"):
-        preprocess.fit(ds, "image", "target", 8, 1, None, None, True, 10)
+        image.fit(ds, "image", "target", ImagePreprocessSpec(image_size=8, channels=1, fit_rows=10))
 
 
 def test_unknown_label_and_bad_pixels_are_named():
@@ -136,6 +137,6 @@ def test_unknown_label_and_bad_pixels_are_named():
 
 def test_augment_changes_pixels_but_not_shape_or_labels():
     batch = {"x": np.random.default_rng(0).random((8, 1, 16, 16), dtype=np.float32), "y": np.arange(8)}
-    out = preprocess.Augment(["random_crop", "hflip"])(batch)
+    out = image.Augment(["random_crop", "hflip"])(batch)
     assert out["x"].shape == batch["x"].shape and (out["y"] == batch["y"]).all()
     assert not np.array_equal(out["x"], batch["x"])

@@ -8,14 +8,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from distdl import checkpoint, data, models, preprocess
+from distdl import checkpoint, data, models
+from distdl.preprocessors import image
+from distdl.preprocessors.image import ImagePreprocessSpec
 from distdl.models.cnn import CNNConfig
 from distdl.predict import Predictor
 
 
 def tiny_checkpoint(dest: Path, train_parquet: Path, arch: str = "smallcnn", size: int = 8) -> str:
     """A checkpoint of an untrained model with a really fitted preprocessor (no Ray Train)."""
-    pre = preprocess.fit(data.read(str(train_parquet)), "image", "label", size, 1, None, None, True, 200)
+    pre = image.fit(data.read(str(train_parquet)), "image", "label", ImagePreprocessSpec(image_size=size, channels=1, fit_rows=200))
     cfg = models.complete_config("cnn", CNNConfig(arch=arch, width=8), pre)
     torch.manual_seed(0)
     model = models.build_model("cnn", cfg)

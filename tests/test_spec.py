@@ -63,6 +63,15 @@ def test_cross_section_rules():
     assert found["train.batch_size"] == "must be divisible by scaling.num_workers (3), got 64"
     found = problems({**MINIMAL, "scaling": {"use_gpu": False}, "train": {"precision": "fp16"}})
     assert "bf16 on CPU" in found["train.precision"]
+    found = problems({**MINIMAL, "data": {"train": "a.txt", "format": "text"}})
+    assert "model family 'cnn' reads" in found["data.format"]
+
+
+def test_family_defaults_fill_the_input_column_and_best_metric():
+    spec = specmod.parse(MINIMAL)
+    assert spec.data.input_column == "image" and spec.checkpoint.best_metric == "val_accuracy"
+    spec = specmod.parse({**MINIMAL, "checkpoint": {"best_metric": "val_loss"}})
+    assert spec.checkpoint.best_mode == "min"
 
 
 def test_unknown_family_lists_the_known_ones():

@@ -1,4 +1,10 @@
-"""Model families: a literal table from ``model.family`` to its config dataclass and builder."""
+"""Model families: a literal table from ``model.family`` to everything the spine needs of it.
+
+The path is the same for every family: the spec's ``model`` and ``preprocess`` sections are
+parsed into the family's dataclasses, ``fit`` fits its preprocessor on the driver, ``complete``
+fills config fields taken from the data, ``build`` makes the nn.Module, and ``task`` names
+the objective/metrics/prediction columns in ``distdl.tasks``.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -7,17 +13,26 @@ from typing import Any, Callable, NamedTuple
 from torch import nn
 
 from distdl.models import cnn
+from distdl.preprocessors import image
 from distdl.specbase import from_dict, join
 
 
 class Family(NamedTuple):
-    config: type
+    config: type  # the spec's model section
+    preprocess: type  # the spec's preprocess section
+    input_column: str  # default for data.input_column
+    formats: tuple[str, ...]  # data formats it can read (spec.DATA_FORMATS)
     build: Callable[[Any], nn.Module]
     complete: Callable[[Any, Any], Any]  # (config, fitted preprocessor) -> config
+    fit: Callable[[Any, Any, Any, Any], Any]  # (raw train dataset, DataSpec, preprocess cfg, model cfg) -> preprocessor
+    augmentations: Callable[[Any], list]  # preprocess cfg -> training-only map_batches steps
+    task: Callable[[Any], str]  # model cfg -> a name in distdl.tasks.TASKS
 
 
 FAMILIES: dict[str, Family] = {
-    "cnn": Family(cnn.CNNConfig, cnn.build, cnn.complete),
+    "cnn": Family(cnn.CNNConfig, image.ImagePreprocessSpec, "image",
+                  ("parquet", "csv", "jsonl", "image_folder"), cnn.build, cnn.complete, cnn.fit_preprocessor,
+                  cnn.augmentations, cnn.task),
 }
 
 

@@ -1,4 +1,4 @@
-"""CNN family: a small convnet for tiny images and torchvision ResNets (no pretrained downloads)."""
+"""CNN family: image classification with a small convnet or torchvision ResNets (no pretrained downloads)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torchvision import models as tv_models
 
+from distdl.preprocessors import image
 from distdl.specbase import check
 
 RESNETS = {"resnet18": tv_models.resnet18, "resnet34": tv_models.resnet34, "resnet50": tv_models.resnet50}
@@ -85,3 +86,16 @@ def complete(cfg: CNNConfig, preprocessor) -> CNNConfig:
         in_channels=cfg.in_channels or preprocessor.channels,
         num_classes=cfg.num_classes or len(preprocessor.classes),
     )
+
+
+def fit_preprocessor(ds, data, pre_cfg: image.ImagePreprocessSpec, cfg: CNNConfig) -> image.ImagePreprocessor:
+    return image.fit(ds, data.input_column, data.label_column, pre_cfg)
+
+
+def augmentations(pre_cfg: image.ImagePreprocessSpec) -> list:
+    """Training-only ``map_batches`` steps after the preprocessor."""
+    return [image.Augment(pre_cfg.augment)] if pre_cfg.augment else []
+
+
+def task(cfg: CNNConfig) -> str:
+    return "classification"

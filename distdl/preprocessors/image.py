@@ -1,4 +1,4 @@
-"""Preprocessor: fitted once on the driver, then applied per batch by Ray Data.
+"""Image preprocessing (cnn and gan families): fitted once on the driver, applied per batch by Ray Data.
 
 Its state (image size, channels, mean/std, class list) is plain JSON saved in every
 checkpoint, so training, scoring and serving apply exactly the same transform.
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Literal, Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -17,10 +17,31 @@ from PIL import Image, UnidentifiedImageError
 import ray.data
 
 from distdl.paths import read_bytes
+from distdl.preprocessors.base import BadInputError, encode_labels, fit_classes, require_column, where
+from distdl.specbase import check
 
 
-class BadInputError(ValueError):
-    """An input value (image, label) that cannot be turned into a model input."""
+@dataclass
+class ImagePreprocessSpec:
+    """The spec's ``preprocess`` section for image families (cnn, gan)."""
+    image_size: int = 32  # images are resized to image_size x image_size
+    channels: Literal[1, 3] = 3
+    normalize: bool = True  # subtract mean / divide by std
+    mean: Optional[list[float]] = None  # per channel; null: fitted on the training data
+    std: Optional[list[float]] = None
+    augment: list[Literal["random_crop", "hflip"]] = field(default_factory=list)  # training only
+    fit_rows: int = 4096  # rows read on the driver to fit mean/std
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from check(4 <= self.image_size <= 4096, "image_size", f"must be in [4, 4096], got {self.image_size}")
+        yield from check(self.fit_rows >= 1, "fit_rows", f"must be >= 1, got {self.fit_rows}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            yield from check(
+                values is None or len(values) == self.channels, name,
+                f"needs one value per channel ({self.channels}), got {values}",
+            )
+        yield from check(self.std is None or all(s > 0 for s in self.std), "std", "values must be > 0")
 
 
 @dataclass
@@ -31,34 +52,27 @@ class ImagePreprocessor:
     channels: int
     mean: list[float]
     std: list[float]
-    classes: list[Any]  # class index -> label value as found in the data
+    classes: list[Any]  # class index -> label value as found in the data; [] for unlabelled (gan)
     kind: str = "image"
 
     # ---- per batch -------------------------------------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw batch -> {"x": float32 (N, C, H, W), "y": int64 (N,) when labels are present}."""
         values = batch[self.input_column]
-        out = {"x": self.normalize(np.stack([self.decode(v, _where(batch, i)) for i, v in enumerate(values)]))}
-        if self.label_column in batch:
-            out["y"] = self.encode_labels(batch[self.label_column], batch)
+        out = self.features([self.decode(v, where(batch, i)) for i, v in enumerate(values)])
+        if self.classes and self.label_column in batch:
+            out["y"] = encode_labels(batch[self.label_column], self.classes, batch)
         return out
+
+    def features(self, examples: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Decoded images (H, W, C) -> the model's input {"x": (N, C, H, W)}."""
+        return {"x": self.normalize(np.stack(examples))}
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """Decoded pixels (N, H, W, C) in [0, 1] -> normalized float32 (N, C, H, W)."""
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray(((pixels - mean) / std).transpose(0, 3, 1, 2))
-
-    def encode_labels(self, labels: np.ndarray, batch: dict[str, np.ndarray]) -> np.ndarray:
-        index = {_plain(c): i for i, c in enumerate(self.classes)}
-        out = np.empty(len(labels), dtype=np.int64)
-        for i, label in enumerate(labels):
-            key = _plain(label)
-            if key not in index:
-                raise BadInputError(f"label {key!r} ({_where(batch, i)}) is not one of the {len(self.classes)} "
-                                    f"classes seen when fitting: {self.classes[:20]}")
-            out[i] = index[key]
-        return out
 
     def decode(self, value: Any, where: str = "a row") -> np.ndarray:
         """One image (encoded bytes, a path/URI, or a pixel array) -> float32 (H, W, C) in [0, 1]."""
@@ -105,14 +119,15 @@ class ImagePreprocessor:
         return scaled
 
     # ---- persistence -----------------------------------------------------------------
+    def describe(self) -> str:
+        mean, std = [round(m, 4) for m in self.mean], [round(s, 4) for s in self.std]
+        return f"{len(self.classes)} classes; {self.size}x{self.size}x{self.channels} images; mean={mean} std={std}"
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "ImagePreprocessor":
-        state = json.loads(text)
-        if state.get("kind") != "image":
-            raise ValueError(f"unknown preprocessor kind {state.get('kind')!r}")
+    def from_state(cls, state: dict) -> "ImagePreprocessor":
         return cls(**state)
 
 
@@ -139,36 +154,21 @@ class Augment:
         return {**batch, "x": np.ascontiguousarray(x, dtype=np.float32)}
 
 
-def fit(ds: ray.data.Dataset, input_column: str, label_column: str, size: int, channels: int,
-        mean: list[float] | None, std: list[float] | None, normalize: bool, fit_rows: int) -> ImagePreprocessor:
-    """Fit on the driver: the class list from a full pass over the label column only, and
-    mean/std from the first ``fit_rows`` decoded images (unless given)."""
-    if label_column not in ds.columns():
-        raise BadInputError(f"label column '{label_column}' not in the data; columns: {ds.columns()}")
-    if input_column not in ds.columns():
-        raise BadInputError(f"input column '{input_column}' not in the data; columns: {ds.columns()}")
-    classes = sorted(_plain(v) for v in ds.select_columns([label_column]).unique(label_column))
-    if len(classes) < 2:
-        raise BadInputError(f"found {len(classes)} class(es) in column '{label_column}': {classes}; "
-                            "classification needs at least 2 (image folders need one sub-folder per class)")
-    pre = ImagePreprocessor(input_column, label_column, size, channels, [0.0] * channels, [1.0] * channels, classes)
-    if normalize and (mean is None or std is None):
-        sample = ds.limit(fit_rows).take_batch(fit_rows, batch_format="numpy")
-        pixels = pre({k: v for k, v in sample.items() if k != label_column})["x"]  # (N, C, H, W)
+def fit(ds: ray.data.Dataset, input_column: str, label_column: str | None,
+        cfg: ImagePreprocessSpec) -> ImagePreprocessor:
+    """Fit on the driver: the class list from a full pass over the label column only (none
+    when ``label_column`` is None), and mean/std from the first ``fit_rows`` decoded images."""
+    require_column(ds, input_column, "input")
+    classes = fit_classes(ds, label_column) if label_column else []
+    channels = cfg.channels
+    pre = ImagePreprocessor(input_column, label_column or "", cfg.image_size, channels, [0.0] * channels,
+                            [1.0] * channels, classes)
+    mean, std = cfg.mean, cfg.std
+    if cfg.normalize and (mean is None or std is None):
+        sample = ds.limit(cfg.fit_rows).take_batch(cfg.fit_rows, batch_format="numpy")
+        pixels = pre({input_column: sample[input_column]})["x"]  # (N, C, H, W)
         mean = mean or pixels.mean(axis=(0, 2, 3)).tolist()
         std = std or [max(s, 1e-6) for s in pixels.std(axis=(0, 2, 3)).tolist()]
-    if normalize:
+    if cfg.normalize:
         pre.mean, pre.std = list(mean), list(std)
     return pre
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars -> Python scalars, so labels compare and serialize as JSON."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _where(batch: dict[str, np.ndarray], i: int) -> str:
-    if "path" in batch:
-        return f"file {batch['path'][i]}"
-    return f"row {i} of its batch"
-

@@ -1,0 +1,61 @@
+"""What every preprocessor shares: the bad-input error and the row description in messages.
+
+A preprocessor is fitted once on the driver and travels as JSON inside every checkpoint.
+Each kind provides:
+
+    __call__(batch) -> dict[str, np.ndarray]   raw rows -> model inputs (+ targets), for Ray Data
+    decode(value, where) -> example             one raw value -> one example; BadInputError if bad
+    features(examples) -> dict[str, np.ndarray] decoded examples -> model inputs (Predictor)
+    to_json() / from_json(text)                 plain JSON state, tagged with its "kind"
+    describe() -> str                           one line for the training log
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class BadInputError(ValueError):
+    """An input value (image, sequence, text, label) that cannot be turned into a model input."""
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars -> Python scalars, so labels compare and serialize as JSON."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def where(batch: dict[str, np.ndarray], i: int) -> str:
+    """Which row an error is about: its file when the reader kept one, else its batch position."""
+    if "path" in batch:
+        return f"file {batch['path'][i]}"
+    return f"row {i} of its batch"
+
+
+def encode_labels(labels: np.ndarray, classes: list[Any], batch: dict[str, np.ndarray]) -> np.ndarray:
+    """Label values -> class indices (int64), naming the row of a label not seen when fitting."""
+    index = {plain(c): i for i, c in enumerate(classes)}
+    out = np.empty(len(labels), dtype=np.int64)
+    for i, label in enumerate(labels):
+        key = plain(label)
+        if key not in index:
+            raise BadInputError(f"label {key!r} ({where(batch, i)}) is not one of the {len(classes)} "
+                                f"classes seen when fitting: {classes[:20]}")
+        out[i] = index[key]
+    return out
+
+
+def fit_classes(ds: Any, label_column: str) -> list[Any]:
+    """The sorted class list from a pass over the label column only (driver side)."""
+    if label_column not in ds.columns():
+        raise BadInputError(f"label column '{label_column}' not in the data; columns: {ds.columns()}")
+    classes = sorted(plain(v) for v in ds.select_columns([label_column]).unique(label_column))
+    if len(classes) < 2:
+        raise BadInputError(f"found {len(classes)} class(es) in column '{label_column}': {classes}; "
+                            "classification needs at least 2 (image folders need one sub-folder per class)")
+    return classes
+
+
+def require_column(ds: Any, column: str, role: str) -> None:
+    if column not in ds.columns():
+        raise BadInputError(f"{role} column '{column}' not in the data; columns: {ds.columns()}")

@@ -30,9 +30,9 @@ class Family(NamedTuple):
 
 
 FAMILIES: dict[str, Family] = {
-    "cnn": Family(cnn.CNNConfig, image.ImagePreprocessSpec, "image",
-                  ("parquet", "csv", "jsonl", "image_folder"), cnn.build, cnn.complete, cnn.fit_preprocessor,
-                  cnn.augmentations, cnn.task),
+    "cnn": Family(config=cnn.CNNConfig, preprocess=image.ImagePreprocessSpec, input_column="image",
+                  formats=("parquet", "csv", "jsonl", "image_folder"), build=cnn.build, complete=cnn.complete,
+                  fit=cnn.fit_preprocessor, augmentations=cnn.augmentations, task=cnn.task),
 }
 
 

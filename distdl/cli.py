@@ -55,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
                        help="default: one per CPU (or GPU), leaving one CPU for reading")
     score.add_argument("--cpus", type=float, default=1.0, help="CPUs per actor (fractions allowed)")
     score.add_argument("--gpus", type=float, default=0.0, help="GPUs per actor")
+    score.add_argument("--rows-per-file", type=int, default=None,
+                       help="rows per output parquet part (default: one part per block Ray Data writes)")
     score.add_argument("--top-k", type=int, default=None,
                        help="classification: how many top labels to keep per row (default 5)")
     score.add_argument("--overwrite", action="store_true", help="replace an output of another checkpoint")
@@ -89,7 +91,8 @@ def _score(args: argparse.Namespace) -> int:
 
     data.infer_format(args.input)  # a missing path fails here, before Ray starts
     runtime.connect(args.address)
-    resources = score.Resources(args.batch_size, args.min_actors, args.max_actors, args.cpus, args.gpus)
+    resources = score.Resources(args.batch_size, args.min_actors, args.max_actors, args.cpus, args.gpus,
+                                args.rows_per_file)
     options = {"top_k": args.top_k} if args.top_k is not None else {}
     print(score.score(args.checkpoint, args.input, args.output, resources, args.format, args.id_column,
                       args.overwrite, options).describe())

@@ -1,34 +1,28 @@
 """Batch scoring: read any supported input, run the Predictor in a Ray Data actor pool, write parquet.
 
-Resuming uses Ray Data's own checkpointing (id-column based, two-phase commit per output
-file): a re-run with the same output skips rows whose output file was committed and
-deletes files of uncommitted ones, so no row is scored twice into the output. A small
-manifest in the output folder records which checkpoint produced it, so a different
-model is never mixed into an existing output.
+Output parts are committed atomically per written block (score_output.py). A re-run with
+the same output scores only the rows whose id is not yet committed, so a killed job resumes
+without losing or duplicating a row. The manifest in the output folder records which
+checkpoint produced it, so a different model is never mixed into an existing output.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.dataset
+
 import pyarrow.fs
 
 import ray
 import ray.data
-from ray.data.checkpoint import CheckpointConfig
 
-from distdl import checkpoint, data
+from distdl import checkpoint, data, score_output
 from distdl.paths import filesystem, is_uri
 from distdl.predict import Predictor
 
-MANIFEST = "_distdl_score.json"
-RAY_CHECKPOINT = "_ray_checkpoint"  # '_' prefix: parquet readers skip it
 ROW_ID = "row_id"
 
 
@@ -39,6 +33,7 @@ class Resources:
     max_actors: int | None = None  # None: every CPU (or GPU) but one CPU left for reading
     cpus: float = 1.0  # per actor; fractions allowed
     gpus: float = 0.0  # per actor
+    rows_per_file: int | None = None  # None: one output part per block Ray Data writes
 
     def max_size(self) -> int:
         total = ray.cluster_resources()
@@ -80,50 +75,42 @@ class Summary:
 def score(checkpoint_path: str, input_path: str, output_path: str, resources: Resources = Resources(),
           fmt: str = "auto", id_column: str | None = None, overwrite: bool = False,
           options: dict | None = None) -> Summary:
-    """Score ``input_path`` with the checkpoint into parquet files under ``output_path``;
+    """Score ``input_path`` with the checkpoint into parquet parts under ``output_path``;
     ``options`` go to the Predictor's task (e.g. ``{"top_k": 3}``)."""
     output_path = output_path if is_uri(output_path) else str(Path(output_path).absolute())  # Ray needs absolute
     started = time.perf_counter()
-    raw = data.read(input_path, fmt)
+    # One block per input file: each is committed as soon as it is scored, so a killed job
+    # loses at most the files in flight (Ray would read small files into a single block).
+    raw = data.read(input_path, fmt, blocks_per_file=True)
     id_column = id_column or next((c for c in ("id", "path") if c in raw.columns()), None)
     manifest = {"checkpoint": checkpoint_path, "identity": checkpoint.identity(checkpoint_path),
                 "id_column": id_column or ROW_ID, "complete": False}
-    before = _prepare_output(output_path, manifest, overwrite, resumable=id_column is not None)
-    if before is None:  # this checkpoint already scored everything here
-        return _summarize(raw.count(), output_path, None, time.perf_counter() - started)
+    done = _prepare_output(output_path, manifest, overwrite, resumable=id_column is not None)
+    if done is None:  # this checkpoint already scored everything here
+        return _summarize(raw.count(), output_path, 0, time.perf_counter() - started)
     ds = raw
     if id_column is None:
         ds = raw.map_batches(_add_row_id, fn_kwargs={"column": raw.columns()[0]}, batch_format="numpy")
+    elif done:
+        print(f"[distdl] resuming: {len(done)} rows already scored in {output_path}", flush=True)
+        ds = raw.map_batches(_drop_done, fn_kwargs={"column": id_column, "done": done}, batch_format="numpy")
     scored = ds.map_batches(
         Predictor, batch_format="numpy", batch_size=resources.batch_size, compute=resources.pool(),
         num_cpus=resources.cpus, num_gpus=resources.gpus or None,
         fn_constructor_kwargs={"checkpoint_path": checkpoint_path, **(options or {}),
                                "threads": resources.threads(), "passthrough": [manifest["id_column"]],
                                "where_column": manifest["id_column"], "device": "cuda" if resources.gpus else "cpu"})
-    _write(scored, output_path, id_column)
-    _write_manifest(output_path, {**manifest, "complete": True})
+    sink = score_output.PartSink(output_path, manifest["id_column"], resources.rows_per_file)
+    scored.write_datasink(sink)
+    score_output.write_manifest(output_path, {**manifest, "complete": True})
     # Count the raw input: the row-id map would hash every row again just to be counted.
-    return _summarize(raw.count(), output_path, before, time.perf_counter() - started)
+    return _summarize(raw.count(), output_path, sink.rows_written, time.perf_counter() - started)
 
 
-def _write(scored: ray.data.Dataset, output_path: str, id_column: str | None) -> None:
-    """Write with Ray Data checkpointing on (when rows have an id), restoring the context after."""
-    ctx = ray.data.DataContext.get_current()
-    previous = ctx.checkpoint_config
-    if id_column:
-        # Kept after success: a re-run then finds every row done instead of scoring it again.
-        ctx.checkpoint_config = CheckpointConfig(id_column=id_column, delete_checkpoint_on_success=False,
-                                                 checkpoint_path=checkpoint.join(output_path, RAY_CHECKPOINT))
-    try:
-        scored.write_parquet(output_path)
-    finally:
-        ctx.checkpoint_config = previous
-
-
-def _prepare_output(output_path: str, manifest: dict, overwrite: bool, resumable: bool) -> int | None:
-    """Rows already in the output (None when it is complete), after refusing a mismatch."""
+def _prepare_output(output_path: str, manifest: dict, overwrite: bool, resumable: bool) -> set | None:
+    """Ids already committed in the output (None when it is complete), after refusing a mismatch."""
     fs, inner = filesystem(output_path)
-    old = _read_manifest(output_path)
+    old = score_output.read_manifest(output_path)
     if old and not overwrite:
         if old["identity"] != manifest["identity"]:
             raise ValueError(f"{output_path} holds scores of another checkpoint ({old['checkpoint']}); "
@@ -133,47 +120,27 @@ def _prepare_output(output_path: str, manifest: dict, overwrite: bool, resumable
                              "by (pass --id-column); use --overwrite to score everything again")
         if old["complete"]:
             return None
-    elif fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound:
+        score_output.remove_partial(output_path)
+        return score_output.committed_ids(output_path, manifest["id_column"])
+    if fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound:
         if old is None and not overwrite and fs.get_file_info(pyarrow.fs.FileSelector(inner)):
             raise ValueError(f"{output_path} is not empty and was not written by distdl score; "
                              "use --overwrite to replace it")
         fs.delete_dir_contents(inner, missing_dir_ok=True)
     fs.create_dir(inner, recursive=True)
-    _write_manifest(output_path, manifest)
-    return _output_counts(output_path)[0]
+    score_output.write_manifest(output_path, manifest)
+    return set()
 
 
-def _read_manifest(output_path: str) -> dict | None:
-    fs, inner = filesystem(output_path)
-    path = checkpoint.join(inner, MANIFEST)
-    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read())
+def _drop_done(batch: dict[str, np.ndarray], column: str, done: set) -> dict[str, np.ndarray]:
+    """The batch without rows whose id is already committed in the output."""
+    keep = np.array([v not in done for v in batch[column].tolist()], dtype=bool)
+    return {k: v[keep] for k, v in batch.items()}
 
 
-def _write_manifest(output_path: str, manifest: dict) -> None:
-    fs, inner = filesystem(output_path)
-    with fs.open_output_stream(checkpoint.join(inner, MANIFEST)) as f:
-        f.write(json.dumps(manifest, indent=2).encode())
-
-
-def _output_counts(output_path: str) -> tuple[int, int]:
-    """(rows, rows with an error) over the committed output files."""
-    fs, inner = filesystem(output_path)
-    files = [i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(inner))
-             if i.type == pyarrow.fs.FileType.File and i.base_name.endswith(".parquet")]
-    if not files:
-        return 0, 0
-    errors = pyarrow.dataset.dataset(files, format="parquet", filesystem=fs).to_table(columns=["error"])["error"]
-    return len(errors), pc.count(errors).as_py()  # count() skips nulls: the rows with an error
-
-
-def _summarize(rows_in: int, output_path: str, rows_before: int | None, seconds: float) -> Summary:
-    """``rows_before``: output rows before this run; None when the run had nothing to do."""
-    rows_out, errors = _output_counts(output_path)
-    this_run = 0 if rows_before is None else max(0, rows_out - rows_before)  # approximate after a kill
-    return Summary(rows_in, rows_out, rows_out - errors, errors, this_run, seconds, output_path)
+def _summarize(rows_in: int, output_path: str, rows_this_run: int, seconds: float) -> Summary:
+    rows_out, errors = score_output.counts(output_path)
+    return Summary(rows_in, rows_out, rows_out - errors, errors, rows_this_run, seconds, output_path)
 
 
 def _add_row_id(batch: dict[str, np.ndarray], column: str) -> dict[str, np.ndarray]:

@@ -1,0 +1,120 @@
+"""The scoring output folder: parquet parts committed atomically, one per written block.
+
+A write task writes its block to a hidden temporary file and renames it into place, so a
+part is either absent or complete. The part's name is a hash of the row ids it holds: a
+write retried after a crash (or a block recomputed after an actor died) replaces the same
+file instead of adding a second copy of its rows. A re-run reads the ids already committed
+and scores only the rest, so a killed job resumes without scoring a row twice.
+
+    <output>/part-<hash>.parquet   committed rows: the id column, predictions, error
+    <output>/.tmp-part-<hash>...   a write cut short; deleted when the next run starts
+    <output>/_distdl_score.json    manifest: checkpoint identity, id column, complete flag
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset
+import pyarrow.fs
+import pyarrow.parquet as pq
+
+from ray.data._internal.execution.interfaces import TaskContext
+from ray.data.block import Block, BlockAccessor
+from ray.data.datasource import Datasink
+
+from distdl.paths import filesystem
+
+MANIFEST = "_distdl_score.json"
+PART_PREFIX = "part-"
+TMP_PREFIX = ".tmp-"
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.rstrip("/") for p in parts)
+
+
+class PartSink(Datasink):
+    """``ds.write_datasink(PartSink(...))``: one atomically committed parquet part per write task."""
+
+    def __init__(self, output_path: str, id_column: str, rows_per_file: int | None = None):
+        self.output_path = output_path
+        self.id_column = id_column
+        self.rows_per_file = rows_per_file
+        self.rows_written = 0  # set on the driver when the write completes
+
+    @property
+    def min_rows_per_write(self) -> int | None:
+        return self.rows_per_file
+
+    def write(self, blocks: Iterable[Block], ctx: TaskContext) -> int:
+        tables = [t for t in (BlockAccessor.for_block(b).to_arrow() for b in blocks) if t.num_rows]
+        if not tables:
+            return 0
+        table = pa.concat_tables(tables, promote_options="permissive")
+        ids = "\n".join(map(str, table[self.id_column].to_pylist())).encode()
+        name = f"{PART_PREFIX}{hashlib.blake2b(ids, digest_size=12).hexdigest()}.parquet"
+        fs, inner = filesystem(self.output_path)
+        tmp = _join(inner, f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}")
+        with fs.open_output_stream(tmp) as f:
+            pq.write_table(table, f)
+        fs.move(tmp, _join(inner, name))  # the commit: readers see all of the part or none
+        return table.num_rows
+
+    def on_write_complete(self, write_result: Any) -> None:
+        self.rows_written = sum(write_result.write_returns)
+
+
+def _parts(output_path: str) -> tuple[pyarrow.fs.FileSystem, list[str]]:
+    fs, inner = filesystem(output_path)
+    if fs.get_file_info(inner).type != pyarrow.fs.FileType.Directory:
+        return fs, []
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(inner))
+    return fs, sorted(i.path for i in infos if i.base_name.startswith(PART_PREFIX) and i.base_name.endswith(".parquet"))
+
+
+def _column(output_path: str, column: str) -> pa.ChunkedArray | None:
+    fs, files = _parts(output_path)
+    if not files:
+        return None
+    return pyarrow.dataset.dataset(files, format="parquet", filesystem=fs).to_table(columns=[column])[column]
+
+
+def committed_ids(output_path: str, id_column: str) -> set:
+    ids = _column(output_path, id_column)
+    return set() if ids is None else set(ids.to_pylist())
+
+
+def counts(output_path: str) -> tuple[int, int]:
+    """(rows, rows with an error) over the committed parts."""
+    errors = _column(output_path, "error")
+    if errors is None:
+        return 0, 0
+    return len(errors), pc.count(errors).as_py()  # count() skips nulls: the rows with an error
+
+
+def remove_partial(output_path: str) -> None:
+    """Delete temporary files of writes cut short by a killed run."""
+    fs, inner = filesystem(output_path)
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(inner)):
+        if info.base_name.startswith(TMP_PREFIX):
+            fs.delete_file(info.path)
+
+
+def read_manifest(output_path: str) -> dict | None:
+    fs, inner = filesystem(output_path)
+    path = _join(inner, MANIFEST)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
+
+
+def write_manifest(output_path: str, manifest: dict) -> None:
+    fs, inner = filesystem(output_path)
+    with fs.open_output_stream(_join(inner, MANIFEST)) as f:
+        f.write(json.dumps(manifest, indent=2).encode())

@@ -23,7 +23,7 @@ import ray
 import ray.data
 from ray.data.checkpoint import CheckpointConfig
 
-from distdl import checkpoint, data
+from distdl import checkpoint, data, runtime
 from distdl.paths import filesystem, is_uri
 from distdl.predict import Predictor
 
@@ -82,6 +82,7 @@ def score(checkpoint_path: str, input_path: str, output_path: str, resources: Re
     """Score ``input_path`` with the checkpoint into parquet files under ``output_path``."""
     output_path = output_path if is_uri(output_path) else str(Path(output_path).absolute())  # Ray needs absolute
     started = time.perf_counter()
+    runtime.warn_if_not_shared({"--checkpoint": checkpoint_path, "--input": input_path, "--output": output_path})
     raw = data.read(input_path, fmt)
     id_column = id_column or next((c for c in ("id", "path") if c in raw.columns()), None)
     manifest = {"checkpoint": checkpoint_path, "identity": checkpoint.identity(checkpoint_path),

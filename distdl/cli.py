@@ -39,6 +39,16 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
                    help="override a spec field, e.g. --set train.lr=0.01 (value parsed as YAML; repeatable)")
 
 
+K8S_EPILOG = """examples (the files in k8s/ are these commands' output):
+  distdl k8s render cluster --image REGISTRY/distdl:0.1.0 > k8s/raycluster.yaml
+  distdl k8s render train jobs/cnn_digits.yaml --image REGISTRY/distdl:0.1.0 \\
+      --set storage=s3://BUCKET/runs --set data.train=s3://BUCKET/digits/train.parquet | kubectl apply -f -
+  distdl k8s render score --image REGISTRY/distdl:0.1.0 --checkpoint s3://BUCKET/runs/cnn_digits/best \\
+      --input s3://BUCKET/digits/holdout.parquet --output s3://BUCKET/scores/digits
+  distdl k8s render serve --image REGISTRY/distdl:0.1.0 --checkpoint s3://BUCKET/runs/cnn_digits/best
+"""
+
+
 def _address_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None,
                    help="the cluster's Ray Jobs API (its dashboard), e.g. http://HEAD:8265 "
@@ -51,6 +61,35 @@ def _submit_options(p: argparse.ArgumentParser) -> None:
                    help="folder shipped as the job's working directory (default: .); a train spec must be in it")
     p.add_argument("--follow", action="store_true",
                    help="stream the job's logs, then exit with its result (0: SUCCEEDED, 1: FAILED or STOPPED)")
+
+
+def _k8s_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", default=None,
+                   help="the distdl image (built from cluster/Dockerfile), e.g. REGISTRY/distdl:0.1.0; required")
+    p.add_argument("--cpus-per-node", type=int, default=8, help="CPUs of each worker pod (default: 8)")
+    p.add_argument("--memory-per-node", default="32Gi", help="memory of each worker pod (default: 32Gi)")
+    p.add_argument("--gpus-per-node", type=int, default=None,
+                   help="GPUs of each worker pod (default: 1 for training unless scaling.use_gpu is false; "
+                   "score: its --gpus; serve: 0)")
+    p.add_argument("--nodes", type=int, default=None,
+                   help="worker pods of a job, or the minimum of a service (default: as many as the spec's "
+                   "scaling.num_workers need, else 1)")
+    p.add_argument("--max-nodes", type=int, default=4, help="autoscaling maximum of cluster/serve (default: 4)")
+    p.add_argument("--name", default="distdl", help="name of the RayCluster / RayService (default: distdl)")
+
+
+def _own_options(args: argparse.Namespace, add_options, prog: str) -> list[str]:
+    """Take a command's own options out of ``args.argv`` (they may come anywhere); the rest."""
+    own = argparse.ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
+    add_options(own)
+    return own.parse_known_args(args.argv, namespace=args)[1]
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="distdl k8s render serve", allow_abbrev=False)
+    p.add_argument("--checkpoint", action="append", required=True, help="checkpoint URI to serve (repeatable)")
+    p.add_argument("--api-key-env", default=None, help="env var holding the API key clients must send")
+    return p
 
 
 def parser() -> argparse.ArgumentParser:
@@ -113,6 +152,18 @@ def parser() -> argparse.ArgumentParser:
     actions.choices["logs"].add_argument("--follow", action="store_true",
                                          help="keep streaming until the job ends; exit 0 if it SUCCEEDED, else 1")
 
+    k8s = sub.add_parser("k8s", help="KubeRay manifests (RayCluster, RayJob, RayService) from a job spec")
+    render = k8s.add_subparsers(dest="action", required=True).add_parser(
+        "render", help="print KubeRay manifests for a cluster, a train or score job, or a service",
+        description="Print KubeRay YAML for `kubectl apply -f -`. Paths must be s3:// or gs:// URIs: pods "
+        "share no filesystem. Token authentication is on (authOptions.mode: token).", epilog=K8S_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _k8s_options(render)
+    render.add_argument("kind", choices=["cluster", "train", "score", "serve"])
+    render.add_argument("argv", nargs=argparse.REMAINDER, metavar="ARGS ...",
+                        help="train: SPEC [--set FIELD=VALUE ...]; score: the options of `distdl score`; "
+                        "serve: --checkpoint URI [--checkpoint URI ...] [--api-key-env NAME]")
+
     demo = sub.add_parser("demo-data", help="write the digits demo data set (parquet + image folder)")
     demo.add_argument("out", nargs="?", default="data/digits", help="output folder (default: data/digits)")
     return p
@@ -161,11 +212,9 @@ def _demo_data(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from distdl import submit
 
-    # Submit's own options may come anywhere (`distdl submit SPEC --address URL`): take them out
-    # of COMMAND; the rest must be a command that `distdl` itself accepts here.
-    own = argparse.ArgumentParser(prog="distdl submit", add_help=False, allow_abbrev=False)
-    _submit_options(own)
-    args, rest = own.parse_known_args(args.argv, namespace=args)
+    # Submit's own options may come anywhere (`distdl submit SPEC --address URL`); the rest must be
+    # a command that `distdl` itself accepts here.
+    rest = _own_options(args, _submit_options, "distdl submit")
     if not rest:
         raise ValueError("distdl submit needs a command: a spec (`distdl submit jobs/x.yaml`) or `score ...`")
     command = rest if rest[0] in ("train", "score") else ["train", *rest]
@@ -214,8 +263,34 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _k8s(args: argparse.Namespace) -> int:
+    from distdl import k8s
+
+    rest = _own_options(args, _k8s_options, "distdl k8s render")
+    if not args.image:
+        raise ValueError("distdl k8s render needs --image: the distdl image built from cluster/Dockerfile")
+    shape = k8s.Shape(args.image, args.cpus_per_node, args.memory_per_node, args.gpus_per_node, args.nodes,
+                      args.max_nodes)
+    if args.kind == "train":
+        local = parser().parse_args(["train", *rest])
+        docs = k8s.train_job(local.spec, local.overrides, shape)
+    elif args.kind == "score":
+        local = parser().parse_args(["score", *rest])
+        paths = {"--checkpoint": local.checkpoint, "--input": local.input, "--output": local.output}
+        docs = k8s.score_job(rest, paths, local.gpus, shape)
+    elif args.kind == "serve":
+        serve = _serve_parser().parse_args(rest)
+        docs = k8s.rayservice(serve.checkpoint, serve.api_key_env, shape, args.name)
+    elif rest:
+        raise ValueError(f"distdl k8s render cluster takes no arguments, got {' '.join(rest)}")
+    else:
+        docs = k8s.raycluster(shape, args.name)
+    print(k8s.render(docs), end="")
+    return 0
+
+
 COMMANDS = {"train": _train, "score": _score, "validate": _validate, "demo-data": _demo_data,
-            "submit": _submit, "jobs": _jobs}
+            "submit": _submit, "jobs": _jobs, "k8s": _k8s}
 
 
 def main(argv: list[str] | None = None) -> int:

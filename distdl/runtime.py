@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Optional
 
 import ray
 import ray.data
+
+from distdl.paths import is_uri
 
 
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
@@ -21,6 +24,19 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> No
         # (address=None would silently join it).
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  log_to_driver=True)
+
+
+def warn_if_not_shared(paths: dict[str, Optional[str]]) -> None:
+    """On a cluster of several nodes, workers and Ray Data tasks on every node read and write
+    these paths (and the driver reads the run back). A local path works only if it is the same
+    shared filesystem everywhere (NFS, a shared volume); distdl cannot tell that from a
+    node-local folder, so it says so instead of failing later on another node."""
+    local = [f"{name}={path}" for name, path in paths.items() if path and not is_uri(path)]
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    if local and nodes > 1:
+        print(f"[distdl] warning: this Ray cluster has {nodes} nodes and {', '.join(local)} "
+              f"{'is a local path' if len(local) == 1 else 'are local paths'}: every node must see the same "
+              "files there (NFS or a shared volume); otherwise use s3:// or gs://", file=sys.stderr, flush=True)
 
 
 def quiet_data_progress() -> None:

@@ -19,7 +19,7 @@ import pyarrow.fs
 import ray
 import ray.data
 
-from distdl import checkpoint, data, score_output
+from distdl import checkpoint, data, runtime, score_output
 from distdl.paths import filesystem, is_uri
 from distdl.predict import Predictor
 
@@ -79,6 +79,7 @@ def score(checkpoint_path: str, input_path: str, output_path: str, resources: Re
     ``options`` go to the Predictor's task (e.g. ``{"top_k": 3}``)."""
     output_path = output_path if is_uri(output_path) else str(Path(output_path).absolute())  # Ray needs absolute
     started = time.perf_counter()
+    runtime.warn_if_not_shared({"--checkpoint": checkpoint_path, "--input": input_path, "--output": output_path})
     # One block per input file: each is committed as soon as it is scored, so a killed job
     # loses at most the files in flight (Ray would read small files into a single block).
     raw = data.read(input_path, fmt, blocks_per_file=True)

@@ -214,20 +214,30 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def path_fields(raw: dict) -> dict[str, str]:
+    """The spec's local-or-URI locations as written, by YAML path (``storage`` defaults to 'runs')."""
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    found = {"storage": raw.get("storage", "runs"), "data.train": data.get("train"), "data.val": data.get("val")}
+    return {key: path for key, path in found.items() if isinstance(path, str)}
+
+
 def resolve_paths(raw: dict, base: Path) -> dict:
     """Make local data/storage paths absolute: Ray workers run in another working directory."""
-    def absolute(p: Any) -> Any:
-        return p if not isinstance(p, str) or is_uri(p) else str((base / p).resolve())
-
-    data = raw.get("data")
-    if isinstance(data, dict):
-        raw["data"] = {**data, **{k: absolute(data[k]) for k in ("train", "val") if k in data}}
-    raw["storage"] = absolute(raw.get("storage", "runs"))
+    raw = copy.deepcopy(raw)
+    for key, path in path_fields(raw).items():
+        if not is_uri(path):
+            section, _, name = key.rpartition(".")
+            (raw[section] if section else raw)[name] = str((base / path).resolve())
     return raw
 
 
 def load(path: str | os.PathLike, overrides: list[str] = ()) -> JobSpec:
     """Read, override, resolve relative paths against the working directory, and validate."""
+    return parse(resolve_paths(read_raw(path, overrides), Path.cwd()))
+
+
+def read_raw(path: str | os.PathLike, overrides: list[str] = ()) -> dict:
+    """The spec file's mapping with ``--set`` overrides applied; paths as written, nothing validated."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -238,8 +248,7 @@ def load(path: str | os.PathLike, overrides: list[str] = ()) -> JobSpec:
         raise SpecError([("", f"{path} is not valid YAML: {exc}")]) from None
     if not isinstance(raw, dict):
         raise SpecError([("", f"{path} must hold a mapping of sections, got {type(raw).__name__}")])
-    raw = apply_overrides(raw, list(overrides))
-    return parse(resolve_paths(raw, Path.cwd()))
+    return apply_overrides(raw, list(overrides))
 
 
 def dump(spec: JobSpec) -> str:

@@ -90,6 +90,7 @@ def run(spec: JobSpec, step_hook: Optional[StepHook] = None) -> Summary:
     start = time.perf_counter()
     layout = resolve(spec.scaling, Cluster.current())
     print(f"[distdl] layout: {layout.describe()}", flush=True)
+    runtime.warn_if_not_shared({"storage": spec.storage, "data.train": spec.data.train, "data.val": spec.data.val})
     resume_from = checkpoint.latest(spec.run_dir)
     if resume_from:
         done = _epochs_done(spec, resume_from)

@@ -26,3 +26,17 @@ def digits(tmp_path_factory) -> dict[str, Path]:
     from distdl.demo_data import write_digits
 
     return write_digits(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A real two-node Ray cluster (two raylets) with token auth, shared by every cluster test.
+    Head: 3 CPUs, second node: 2 CPUs — a 2-CPU Train worker fits once on each, never twice on one."""
+    from ray_cluster import LocalCluster
+
+    cluster = LocalCluster(tmp_path_factory.mktemp("ray_cluster_logs"), head_cpus=3, node_cpus=2)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,0 +1,217 @@
+"""KubeRay manifests from a distdl command: a RayCluster, a RayJob for `train` or `score`,
+a RayService for serving. Built here as plain dicts, so there is no template to drift;
+k8s/*.yaml are this module's output for the example job (tests/test_k8s.py checks both).
+
+Pods share no filesystem, so every path a job reads or writes must be an s3:// or gs://
+URI, and the image (cluster/Dockerfile) carries distdl. The spec of a training job travels
+in a ConfigMap mounted on the head pod, where the job's driver runs.
+"""
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import ray
+import yaml
+
+from distdl import spec as specmod
+from distdl.paths import is_uri
+
+SPEC_MOUNT = "/etc/distdl"
+SERVE_PORT = 8000
+# The base image's user "ray" (uid 1000, group users=100); containers drop every capability.
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+HEAD_RESOURCES = {"cpu": "2", "memory": "8Gi"}
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+# The check KubeRay itself gives RayService workers (raylet alive and Serve proxy up), made explicit.
+SERVE_READINESS = {
+    "exec": {"command": ["bash", "-c",
+                         "wget --tries 1 -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success"
+                         f" && wget --tries 1 -T 2 -q -O- http://localhost:{SERVE_PORT}/-/healthz | grep success"]},
+    "initialDelaySeconds": 10, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 1,
+}
+
+
+class K8sError(ValueError):
+    pass
+
+
+@dataclass
+class Shape:
+    """Worker pods: the size of each, and how many (a fixed count for jobs, a range for autoscaling).
+    None: chosen from the command (GPUs if it wants them; as many pods as its workers need)."""
+    image: str
+    cpus: int = 8
+    memory: str = "32Gi"
+    gpus: Optional[int] = None
+    nodes: Optional[int] = None
+    max_nodes: int = 4
+
+
+def k8s_name(text: str) -> str:
+    """A DNS-1123 name: lower case, digits and '-' (KubeRay adds suffixes, so keep it short)."""
+    name = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+    if not name or len(name) > 40:
+        raise K8sError(f"cannot make a Kubernetes name of {text!r}: need 1-40 letters or digits")
+    return name
+
+
+def require_uris(paths: dict[str, Optional[str]]) -> None:
+    local = [f"{key}={path!r}" for key, path in paths.items() if path and not is_uri(path)]
+    if local:
+        raise K8sError(f"on Kubernetes, pods share no filesystem: {', '.join(local)} must be an s3:// or gs:// "
+                       "URI (e.g. --set storage=s3://BUCKET/runs)")
+
+
+def _container(name: str, image: str, resources: dict, ports: Optional[dict[str, int]] = None,
+               mounts: list[dict] = (), env: list[dict] = ()) -> dict:
+    container = {"name": name, "image": image, "resources": {"requests": resources, "limits": resources},
+                 "securityContext": CONTAINER_SECURITY}
+    if ports:
+        container["ports"] = [{"name": n, "containerPort": p} for n, p in ports.items()]
+    if mounts:
+        container["volumeMounts"] = list(mounts)
+    if env:
+        container["env"] = list(env)
+    return container
+
+
+def _pod(container: dict, gpus: int = 0, volumes: list[dict] = (), restart: Optional[str] = None) -> dict:
+    spec = {"securityContext": POD_SECURITY, "containers": [container]}
+    if gpus:
+        spec["tolerations"] = [GPU_TOLERATION]
+    if volumes:
+        spec["volumes"] = list(volumes)
+    if restart:
+        spec["restartPolicy"] = restart
+    return {"spec": spec}
+
+
+def _head(image: str, config_map: Optional[str] = None) -> dict:
+    """num-cpus 0: the head keeps its CPUs for the GCS, the dashboard and job drivers."""
+    ports = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": SERVE_PORT}
+    mounts = [{"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True}] if config_map else []
+    volumes = [{"name": "spec", "configMap": {"name": config_map}}] if config_map else []
+    container = _container("ray-head", image, HEAD_RESOURCES, ports, mounts)
+    return {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+            "template": _pod(container, volumes=volumes)}
+
+
+def _workers(group: str, shape: Shape, minimum: int, maximum: int, readiness: Optional[dict] = None,
+             env: list[dict] = ()) -> dict:
+    resources = {"cpu": str(shape.cpus), "memory": shape.memory}
+    if shape.gpus:
+        resources["nvidia.com/gpu"] = str(shape.gpus)
+    container = _container("ray-worker", shape.image, resources, {"serve": SERVE_PORT} if readiness else None,
+                           env=env)
+    if readiness:
+        container["readinessProbe"] = readiness
+    return {"groupName": group, "replicas": minimum, "minReplicas": minimum, "maxReplicas": maximum,
+            "rayStartParams": {}, "template": _pod(container, shape.gpus or 0)}
+
+
+def cluster_spec(head: dict, workers: list[dict], autoscale: bool) -> dict:
+    spec = {"rayVersion": ray.__version__, "enableInTreeAutoscaling": autoscale,
+            "authOptions": {"mode": "token"}, "headGroupSpec": head, "workerGroupSpecs": workers}
+    if autoscale:
+        spec["autoscalerOptions"] = {"upscalingMode": "Default", "idleTimeoutSeconds": 120,
+                                     "securityContext": CONTAINER_SECURITY}
+    return spec
+
+
+def _resource(kind: str, name: str, spec: dict) -> dict:
+    return {"apiVersion": "ray.io/v1", "kind": kind, "metadata": {"name": name, "labels": {"app": "distdl"}},
+            "spec": spec}
+
+
+def raycluster(shape: Shape, name: str = "distdl") -> list[dict]:
+    """A long-lived cluster for `distdl submit`: CPU and GPU worker groups, autoscaled. One node of
+    each stays up: distdl's `auto` layout sizes a job from the nodes that exist when it starts."""
+    cpu, gpu = replace(shape, gpus=0), replace(shape, gpus=shape.gpus or 1)
+    workers = [_workers("cpu", cpu, 1, shape.max_nodes), _workers("gpu", gpu, 1, shape.max_nodes)]
+    return [_resource("RayCluster", name, cluster_spec(_head(shape.image), workers, autoscale=True))]
+
+
+def _rayjob(name: str, entrypoint: list[str], shape: Shape, config_map: Optional[str] = None,
+            deadline_s: int = 24 * 3600) -> dict:
+    """A job on a cluster of its own, deleted when the job ends; a failed attempt runs again on a
+    new cluster (training resumes from the checkpoints in storage)."""
+    workers = [_workers("gpu" if shape.gpus else "cpu", shape, shape.nodes, shape.nodes)]
+    submitter = _pod(_container("submitter", shape.image, {"cpu": "500m", "memory": "1Gi"}), restart="Never")
+    return _resource("RayJob", name, {
+        "entrypoint": shlex.join(["python", "-m", "distdl", *entrypoint]),
+        "shutdownAfterJobFinishes": True, "ttlSecondsAfterFinished": 600,
+        "backoffLimit": 2, "activeDeadlineSeconds": deadline_s,
+        "submitterPodTemplate": submitter,  # KubeRay fills in the `ray job submit` command
+        "rayClusterSpec": cluster_spec(_head(shape.image, config_map), workers, autoscale=False),
+    })
+
+
+def _train_nodes(scaling: specmod.ScalingSpec, gpus: int) -> int:
+    """Worker pods for the spec's workers: by GPUs, else one worker per pod (the `auto` CPU layout)."""
+    if scaling.num_workers == "auto":
+        return 1
+    if gpus:
+        return math.ceil(scaling.num_workers * scaling.gpus_per_worker / gpus)
+    return scaling.num_workers
+
+
+def train_job(spec_path: str, overrides: list[str], shape: Shape) -> list[dict]:
+    """A ConfigMap with the job spec and a RayJob that trains it."""
+    raw = specmod.read_raw(spec_path, overrides)
+    spec = specmod.parse(raw)  # every field checked here, before any manifest exists
+    require_uris(specmod.path_fields(raw))
+    gpus = shape.gpus if shape.gpus is not None else int(spec.scaling.use_gpu is not False)
+    shape = replace(shape, gpus=gpus, nodes=shape.nodes or _train_nodes(spec.scaling, gpus))
+    name = f"distdl-train-{k8s_name(spec.name)}"
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{name}-spec"},
+                  "data": {"spec.yaml": specmod.dump(spec)}}
+    return [config_map, _rayjob(name, ["train", f"{SPEC_MOUNT}/spec.yaml"], shape, config_map=f"{name}-spec")]
+
+
+def score_job(argv: list[str], paths: dict[str, str], gpus_per_actor: float, shape: Shape) -> list[dict]:
+    """A RayJob that runs `distdl score ARGV` (already checked by distdl's own parser)."""
+    require_uris(paths)
+    gpus = shape.gpus if shape.gpus is not None else math.ceil(gpus_per_actor)
+    shape = replace(shape, gpus=gpus, nodes=shape.nodes or 1)
+    name = f"distdl-score-{k8s_name(paths['--output'].rstrip('/').rsplit('/', 1)[-1])}"
+    return [_rayjob(name, ["score", *argv], shape)]
+
+
+def _serve_config(checkpoints: list[str], api_key_env: Optional[str]) -> dict:
+    """The Serve application, in the shape of `distdl serve --export` (distdl.serve.export_config)."""
+    return {"applications": [{"name": "distdl", "route_prefix": "/", "import_path": "distdl.serve:build_app",
+                              "args": {"checkpoints": checkpoints, "api_key_env": api_key_env}}]}
+
+
+def rayservice(checkpoints: list[str], api_key_env: Optional[str], shape: Shape, name: str = "distdl") -> list[dict]:
+    """Serve the checkpoints: replicas autoscale inside Ray Serve, worker pods with the in-tree
+    autoscaler. An API key comes from the Secret <name>-api-key (key: api-key) into api_key_env."""
+    require_uris({f"--checkpoint[{i}]": c for i, c in enumerate(checkpoints)})
+    shape = replace(shape, gpus=shape.gpus or 0, nodes=shape.nodes or 1)
+    env = [{"name": api_key_env, "valueFrom": {"secretKeyRef": {"name": f"{name}-api-key", "key": "api-key"}}}] \
+        if api_key_env else []
+    workers = [_workers("gpu" if shape.gpus else "cpu", shape, shape.nodes, shape.max_nodes, SERVE_READINESS, env)]
+    return [_resource("RayService", name, {
+        "serveConfigV2": yaml.safe_dump(_serve_config(checkpoints, api_key_env), sort_keys=False),
+        "rayClusterConfig": cluster_spec(_head(shape.image), workers, autoscale=True),
+    })]
+
+
+class _Dumper(yaml.SafeDumper):
+    """Readable manifests: no &anchors for shared dicts, multi-line strings (a spec, a Serve config) as blocks."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
+_Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+
+
+def render(docs: list[dict]) -> str:
+    return "# Written by `distdl k8s render` (see --help); render again rather than edit.\n" + \
+        yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False)

@@ -1,0 +1,125 @@
+"""A real two-node Ray cluster on this machine: `ray start --head` plus `ray start --address`.
+
+Each `ray start --block` runs in a session of its own (setsid); every process Ray starts for
+it (GCS, raylet, dashboard, workers — workers get their own process group, not their own
+session) stays in that session, so teardown stops exactly this cluster: SIGTERM to the two
+`ray start` processes, then SIGKILL to whatever is left in their sessions. Never `ray stop`:
+it would stop every Ray on the machine. All ports are free ones, not Ray's defaults, and
+token authentication is on, with a token of the cluster's own (RAY_AUTH_TOKEN).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class LocalCluster:
+    def __init__(self, logs: Path, head_cpus: int, node_cpus: int):
+        self.logs, self.head_cpus, self.node_cpus = logs, head_cpus, node_cpus
+        self.token = secrets.token_hex(32)
+        # Short: Ray's unix socket paths live under it and must stay under 108 characters.
+        self.temp_dir = tempfile.mkdtemp(prefix="ddr-", dir="/tmp")
+        (self.gcs_port, self.dashboard_port, *self._ports) = free_ports(12)
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.procs: list[subprocess.Popen] = []
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The cluster's environment: this venv's `python` and `ray`, token auth, and no
+        PYTHONPATH, so a job imports distdl only from what it ships."""
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
+        return {**env, "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": self.token, "RAY_USAGE_STATS_ENABLED": "0"}
+
+    def _ray_start(self, name: str, args: list[str]) -> None:
+        ports = [self._ports.pop() for _ in range(4)]
+        cmd = [str(VENV_BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+               f"--temp-dir={self.temp_dir}", f"--dashboard-agent-listen-port={ports[0]}",
+               f"--dashboard-agent-grpc-port={ports[1]}", f"--runtime-env-agent-port={ports[2]}",
+               f"--metrics-export-port={ports[3]}", *args]
+        log = open(self.logs / f"{name}.log", "w")
+        self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True))
+
+    def start(self, timeout_s: float = 300) -> None:
+        self._ray_start("head", ["--head", f"--port={self.gcs_port}", f"--dashboard-port={self.dashboard_port}",
+                                 "--include-dashboard=true", f"--ray-client-server-port={self._ports.pop()}",
+                                 f"--num-cpus={self.head_cpus}"])
+        self._wait_for_nodes(1, timeout_s)
+        self._ray_start("node", [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={self.node_cpus}"])
+        self._wait_for_nodes(2, timeout_s)
+
+    def get(self, path: str, **params) -> dict:
+        """GET from the dashboard's HTTP API, with the token."""
+        r = requests.get(self.address + path, params=params, timeout=30,
+                         headers={"Authorization": f"Bearer {self.token}"})
+        r.raise_for_status()
+        return r.json()
+
+    def alive_nodes(self) -> list[dict]:
+        try:
+            nodes = self.get("/api/v0/nodes", detail="true")["data"]["result"]["result"]
+        except (requests.RequestException, KeyError, ValueError):
+            return []  # the dashboard is still starting
+        return [n for n in nodes if n["state"] == "ALIVE"]
+
+    def ray_job_id(self, submission_id: str) -> str:
+        """The hex Ray job id behind a Jobs API submission id."""
+        return self.get(f"/api/jobs/{submission_id}")["job_id"]
+
+    def actors(self, job_id: str) -> list[dict]:
+        """Every actor of a Ray job (by its hex job id), dead or alive, with the node it ran on."""
+        return self.get("/api/v0/actors", detail="true", limit=10000, filter_keys="job_id",
+                        filter_predicates="=", filter_values=job_id)["data"]["result"]["result"]
+
+    def _wait_for_nodes(self, n: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.alive_nodes()) < n:
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"`{' '.join(p.args[:3])}` exited with {p.returncode}; see {self.logs}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Ray cluster did not reach {n} node(s) in {timeout_s:.0f}s; see {self.logs}")
+            time.sleep(1)
+
+    def stop(self, grace_s: float = 15) -> None:
+        """SIGTERM both `ray start` processes, then SIGKILL whatever is left in their sessions."""
+        sessions = {p.pid for p in self.procs}  # start_new_session: each session id is its leader's pid
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while any(p.poll() is None for p in self.procs) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for proc in psutil.process_iter():
+            try:
+                if os.getsid(proc.pid) in sessions:
+                    proc.kill()
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                pass  # gone already
+        for p in self.procs:
+            p.wait()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -1,0 +1,166 @@
+"""Ray Jobs on a real two-node cluster (`ray start --head` + a second raylet, token auth):
+training and scoring through `distdl submit`, a bad spec through plain `ray job submit`,
+and `distdl jobs stop`. One cluster for the session (conftest.ray_cluster)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from test_predict import holdout_batch
+
+from distdl import checkpoint, cli
+from distdl.predict import Predictor
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def client_env(cluster) -> dict[str, str]:
+    """A user's shell: this checkout's distdl, and the cluster's token."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    return {**env, "PYTHONPATH": str(ROOT), "RAY_AUTH_TOKEN": cluster.token}
+
+
+def distdl_main(capsys, *argv: str) -> tuple[int, str]:
+    """`distdl ARGV` in this process (no interpreter start-up): exit code and stdout."""
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def submission_id(text: str) -> str:
+    return re.search(r"raysubmit_\w+", text).group(0)
+
+
+def wait_for(condition, what: str, timeout_s: float = 600):
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(1)
+    return value
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, digits) -> Path:
+    """A user's project folder: a job spec whose data and storage paths are relative."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "data").symlink_to(digits["train"].parent)
+    (root / "jobs").mkdir()
+    (root / "jobs" / "digits.yaml").write_text(yaml.safe_dump({
+        "name": "cluster_digits", "data": {"train": "data/train.parquet"},
+        "preprocess": {"image_size": 8, "channels": 1}, "model": {"width": 8},
+        "train": {"epochs": 1, "batch_size": 64},
+        # 2 CPUs each: one worker fits on each raylet (3 and 2 CPUs), never two on one.
+        "scaling": {"num_workers": 2, "cpus_per_worker": 2},
+    }))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, project) -> tuple[subprocess.CompletedProcess, str]:
+    """One training job for the module: `distdl submit jobs/digits.yaml --address URL --follow`."""
+    result = run(sys.executable, "-m", "distdl", "submit", "jobs/digits.yaml", "--address", ray_cluster.address,
+                 "--follow", cwd=project, env=client_env(ray_cluster))
+    assert "submitted raysubmit_" in result.stdout, result.stderr[-3000:]
+    return result, submission_id(result.stdout)
+
+
+def test_submit_follow_streams_the_job_and_exits_with_its_success(trained, project, monkeypatch, capsys, ray_cluster):
+    result, job_id = trained
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # Relative paths were pinned to where the user's shell sees them; the data folder itself is never shipped.
+    assert f"--set storage={project / 'runs'}" in result.stdout
+    assert f"--set data.train={(project / 'data' / 'train.parquet').resolve()}" in result.stdout
+    assert re.search(r"\[distdl\] epoch 1/1 .*train_loss=[\d.]+ .*val_accuracy=[\d.]+", result.stdout)
+    assert result.stdout.rstrip().endswith(f"job {job_id} SUCCEEDED")
+    assert checkpoint.is_complete(str(project / "runs" / "cluster_digits" / "best"))
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_cluster.token)
+    code, listing = distdl_main(capsys, "jobs", "list", "--address", ray_cluster.address)
+    assert code == 0 and re.search(rf"{job_id}\s+SUCCEEDED .*python -m distdl train jobs/digits.yaml", listing)
+    code, status = distdl_main(capsys, "jobs", "status", job_id, "--address", ray_cluster.address)
+    assert status.startswith(f"{job_id}: SUCCEEDED")
+
+
+def test_training_spreads_over_both_raylets_and_its_checkpoint_loads(trained, project, ray_cluster, digits):
+    result, job_id = trained
+    assert result.returncode == 0
+    workers = [a for a in ray_cluster.actors(ray_cluster.ray_job_id(job_id)) if a["class_name"] == "RayTrainWorker"]
+    nodes = {n["node_id"] for n in ray_cluster.alive_nodes()}
+    assert len(workers) == 2 and {w["node_id"] for w in workers} == nodes and len(nodes) == 2
+    assert "[distdl] warning: this Ray cluster has 2 nodes and storage=" in result.stderr + result.stdout
+    assert "every node must see the same files there" in result.stderr + result.stdout
+
+    best = str(project / "runs" / "cluster_digits" / "best")
+    _, pre, meta = checkpoint.load_model(best)
+    out = Predictor(best)(holdout_batch(digits, 32))
+    assert all(e is None for e in out["error"]) and set(out["label"]) <= set(pre.classes)
+
+
+def test_a_score_job_writes_every_row_where_the_user_asked(trained, project, ray_cluster, digits,
+                                                          monkeypatch, capsys):
+    result = run(sys.executable, "-m", "distdl", "submit", "--address", ray_cluster.address,
+                 "score", "--checkpoint", "runs/cluster_digits/best", "--input", str(digits["holdout"]),
+                 "--output", "out/scores", "--batch-size", "64", "--max-actors", "1",
+                 cwd=project, env=client_env(ray_cluster))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"score --checkpoint {project / 'runs' / 'cluster_digits' / 'best'}" in result.stdout
+    job_id = submission_id(result.stdout)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_cluster.token)
+    code, logs = distdl_main(capsys, "jobs", "logs", job_id, "--follow", "--address", ray_cluster.address)
+    assert code == 0, logs[-3000:]
+    assert logs.rstrip().endswith(f"job {job_id} SUCCEEDED")
+    rows = pq.read_table(digits["holdout"]).num_rows
+    assert f"rows in: {rows}  rows scored: {rows}  rows with errors: 0" in logs
+    assert pq.read_table(project / "out" / "scores").num_rows == rows
+
+
+def test_a_bad_spec_fails_before_any_ray_work_with_its_message_in_the_logs(ray_cluster, tmp_path, monkeypatch, capsys):
+    """Submitted with plain `ray job submit` (which needs RAY_AUTH_MODE=token and the token),
+    shipping this checkout as the working directory."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "bad", "data": {"train": "x.parquet"}, "train": {"lr": "fast"}}))
+    env = {**client_env(ray_cluster), "RAY_AUTH_MODE": "token"}
+    result = run(str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_cluster.address,
+                 "--no-wait", "--working-dir", str(ROOT), "--", "python", "-m", "distdl", "train", str(bad),
+                 cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    job_id = submission_id(result.stdout + result.stderr)
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_cluster.token)
+    code, followed = distdl_main(capsys, "jobs", "logs", job_id, "--follow", "--address", ray_cluster.address)
+    assert code == 1 and followed.rstrip().endswith(f"job {job_id} FAILED")
+    code, logs = distdl_main(capsys, "jobs", "logs", job_id, "--address", ray_cluster.address)
+    assert "error: invalid job spec:\n  train.lr: must be float, got 'fast'" in logs
+    assert "Connecting to existing Ray cluster" not in logs  # it failed before ray.init
+    code, status = distdl_main(capsys, "jobs", "status", job_id, "--address", ray_cluster.address)
+    assert status.startswith(f"{job_id}: FAILED") and "exit code 2" in status
+
+
+def test_jobs_stop_stops_a_running_training_job_and_its_workers(ray_cluster, project, monkeypatch, capsys):
+    result = run(sys.executable, "-m", "distdl", "submit", "jobs/digits.yaml", "--address", ray_cluster.address,
+                 "--set", "name=long", "--set", "train.epochs=100", cwd=project, env=client_env(ray_cluster))
+    assert result.returncode == 0, result.stderr[-3000:]
+    job_id = submission_id(result.stdout)
+    ray_job = wait_for(lambda: ray_cluster.ray_job_id(job_id), "the job's driver to start")
+
+    def alive_workers() -> list[dict]:
+        return [a for a in ray_cluster.actors(ray_job) if a["class_name"] == "RayTrainWorker" and a["state"] == "ALIVE"]
+
+    wait_for(alive_workers, "the training workers to start")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_cluster.token)
+    code, out = distdl_main(capsys, "jobs", "stop", job_id, "--address", ray_cluster.address)
+    assert code == 0 and out.strip() == f"{job_id} STOPPED"
+    wait_for(lambda: not alive_workers(), "the stopped job's training workers to exit")
+    code, out = distdl_main(capsys, "jobs", "stop", job_id, "--address", ray_cluster.address)
+    assert out.strip() == f"{job_id} had already ended: STOPPED"

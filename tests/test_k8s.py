@@ -1,0 +1,188 @@
+"""k8s/: KubeRay manifests are what `distdl k8s render` prints, pass the KubeRay CRD schemas
+(strictly, as an API server with field validation does), run as non-root with limits, and the
+RayService's serveConfigV2 passes Ray Serve's own ServeDeploySchema."""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from distdl import cli, k8s
+from distdl import spec as specmod
+from distdl.specbase import SpecError
+
+ROOT = Path(__file__).resolve().parent.parent
+CRDS = ROOT.parent / "shared" / "kuberay-crds"
+IMAGE, BUCKET = "REGISTRY/distdl:0.1.0", "s3://YOUR_BUCKET"
+# The commands that wrote k8s/*.yaml (README: "Kubernetes (KubeRay)").
+RENDERED = {
+    "raycluster.yaml": f"cluster --image {IMAGE}",
+    "rayjob-train.yaml": f"train jobs/cnn_digits.yaml --image {IMAGE} --set storage={BUCKET}/runs "
+                         f"--set data.train={BUCKET}/digits/train.parquet",
+    "rayjob-score.yaml": f"score --image {IMAGE} --checkpoint {BUCKET}/runs/cnn_digits/best "
+                         f"--input {BUCKET}/digits/holdout.parquet --output {BUCKET}/scores/digits",
+    "rayservice.yaml": f"serve --image {IMAGE} --checkpoint {BUCKET}/runs/cnn_digits/best",
+}
+
+
+def strict(node):
+    """The CRD's openAPIV3Schema as plain JSON Schema that rejects unknown fields, as the API server
+    does, except where the CRD says x-kubernetes-preserve-unknown-fields; int-or-string takes both."""
+    if isinstance(node, list):
+        return [strict(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: strict(v) for k, v in node.items() if k != "description"}
+    if out.pop("x-kubernetes-int-or-string", False):
+        out.pop("type", None)
+        out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+    if "properties" in out and "additionalProperties" not in out \
+            and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+@pytest.fixture(scope="module")
+def schemas() -> dict[str, jsonschema.Draft7Validator]:
+    """A validator per kind, built once (jsonschema.validate would re-check each 1 MB schema)."""
+    found = {}
+    for path in CRDS.glob("ray.io_*.yaml"):
+        crd = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)
+        (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+        found[crd["spec"]["names"]["kind"]] = jsonschema.Draft7Validator(strict(v1["schema"]["openAPIV3Schema"]))
+    return found
+
+
+def docs(name: str) -> list[dict]:
+    return list(yaml.safe_load_all((ROOT / "k8s" / name).read_text()))
+
+
+def render(capsys, command: str) -> str:
+    assert cli.main(["k8s", "render", *shlex.split(command)]) == 0
+    return capsys.readouterr().out
+
+
+def containers(node) -> list[dict]:
+    """Every container in a manifest, wherever a pod template sits."""
+    if isinstance(node, list):
+        return [c for n in node for c in containers(n)]
+    if not isinstance(node, dict):
+        return []
+    return node.get("containers", []) + [c for k, v in node.items() if k != "containers" for c in containers(v)]
+
+
+def pod_specs(node) -> list[dict]:
+    if isinstance(node, list):
+        return [p for n in node for p in pod_specs(n)]
+    if not isinstance(node, dict):
+        return []
+    return ([node] if "containers" in node else []) + [p for v in node.values() for p in pod_specs(v)]
+
+
+@pytest.mark.parametrize("name", RENDERED)
+def test_committed_manifest_is_what_render_prints(name, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert render(capsys, RENDERED[name]) == (ROOT / "k8s" / name).read_text()
+
+
+@pytest.mark.parametrize("name", RENDERED)
+def test_manifest_passes_the_kuberay_crd_schema(name, schemas):
+    resources = [d for d in docs(name) if d["apiVersion"] == "ray.io/v1"]
+    assert len(resources) == 1
+    schemas[resources[0]["kind"]].validate(resources[0])
+
+
+def test_a_misspelt_field_fails_the_schema(schemas):
+    job = docs("rayjob-train.yaml")[1]
+    job["spec"]["shutdownAfterJobFinish"] = job["spec"].pop("shutdownAfterJobFinishes")
+    with pytest.raises(jsonschema.ValidationError, match="shutdownAfterJobFinish"):
+        schemas["RayJob"].validate(job)
+
+
+@pytest.mark.parametrize("name", RENDERED)
+def test_pods_run_as_non_root_with_limits(name):
+    manifest = docs(name)
+    pods, boxes = pod_specs(manifest), containers(manifest)
+    assert pods and all(p["securityContext"]["runAsNonRoot"] for p in pods)
+    for box in boxes:
+        assert box["resources"]["limits"] == box["resources"]["requests"]
+        assert box["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_the_cluster_autoscales_a_cpu_and_a_gpu_group_behind_a_cpu_head():
+    (cluster,) = docs("raycluster.yaml")
+    spec = cluster["spec"]
+    assert spec["enableInTreeAutoscaling"] and spec["authOptions"] == {"mode": "token"}
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    assert set(groups) == {"cpu", "gpu"} and all(g["minReplicas"] < g["maxReplicas"] for g in groups.values())
+    assert "nvidia.com/gpu" in containers(groups["gpu"])[0]["resources"]["limits"]
+    assert "nvidia.com/gpu" not in containers(groups["cpu"])[0]["resources"]["limits"]
+
+
+def test_the_training_job_runs_the_spec_from_its_config_map_and_cleans_up():
+    config_map, job = docs("rayjob-train.yaml")
+    spec = job["spec"]
+    assert spec["entrypoint"] == "python -m distdl train /etc/distdl/spec.yaml"
+    assert spec["shutdownAfterJobFinishes"] and spec["ttlSecondsAfterFinished"] > 0
+    assert spec["backoffLimit"] >= 1 and spec["activeDeadlineSeconds"] > 0
+    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert head["volumes"] == [{"name": "spec", "configMap": {"name": config_map["metadata"]["name"]}}]
+    shipped = specmod.parse(yaml.safe_load(config_map["data"]["spec.yaml"]))
+    assert shipped.storage == f"{BUCKET}/runs" and shipped.name == "cnn_digits"
+
+
+def test_the_score_job_runs_distdl_score_with_its_arguments():
+    (job,) = docs("rayjob-score.yaml")
+    assert shlex.split(job["spec"]["entrypoint"])[:4] == ["python", "-m", "distdl", "score"]
+    assert f"--output {BUCKET}/scores/digits" in job["spec"]["entrypoint"]
+
+
+def test_the_service_config_passes_ray_serves_schema_and_readiness_checks_the_proxy():
+    (service,) = docs("rayservice.yaml")
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    assert config == k8s._serve_config([f"{BUCKET}/runs/cnn_digits/best"], None)
+    app = ServeDeploySchema.model_validate(config).applications[0]
+    assert app.import_path == "distdl.serve:build_app" and app.route_prefix == "/"
+    assert service["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"]
+    (worker,) = containers(service["spec"]["rayClusterConfig"]["workerGroupSpecs"])
+    assert "/-/healthz" in worker["readinessProbe"]["exec"]["command"][-1]
+
+
+def test_an_api_key_comes_from_a_secret(capsys):
+    (service,) = yaml.safe_load_all(render(capsys, f"serve --image {IMAGE} --checkpoint {BUCKET}/c "
+                                                   "--api-key-env DISTDL_API_KEY --name digits"))
+    (worker,) = containers(service["spec"]["rayClusterConfig"]["workerGroupSpecs"])
+    assert worker["env"] == [{"name": "DISTDL_API_KEY",
+                              "valueFrom": {"secretKeyRef": {"name": "digits-api-key", "key": "api-key"}}}]
+    assert yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["api_key_env"] == "DISTDL_API_KEY"
+
+
+def test_a_training_job_sizes_its_worker_pods_from_the_spec(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = render(capsys, f"train jobs/cnn_digits.yaml --image {IMAGE} --set storage={BUCKET}/r "
+                         f"--set data.train={BUCKET}/t.parquet --set scaling.num_workers=4 --gpus-per-node 2")
+    (group,) = list(yaml.safe_load_all(out))[1]["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 2
+    assert containers(group)[0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+
+
+def test_local_paths_are_refused_with_the_field_named(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    shape = k8s.Shape(IMAGE)
+    with pytest.raises(k8s.K8sError, match=r"storage='runs', data.train='data/digits/train.parquet' must be an s3://"):
+        k8s.train_job("jobs/cnn_digits.yaml", [], shape)
+    with pytest.raises(k8s.K8sError, match=r"--output='out/s' must be"):
+        k8s.score_job([], {"--checkpoint": "s3://b/c", "--input": "s3://b/i", "--output": "out/s"}, 0, shape)
+
+
+def test_a_bad_spec_or_a_missing_image_is_refused(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SpecError, match="train.lr: must be float"):
+        k8s.train_job("jobs/cnn_digits.yaml", ["train.lr=fast"], k8s.Shape(IMAGE))
+    assert cli.main(["k8s", "render", "cluster"]) == 1
+    assert "needs --image" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from distdl import clustercli
 from distdl import spec as specmod
 from distdl.paths import is_uri
 
@@ -15,21 +16,7 @@ EPILOG = """examples:
   distdl train jobs/cnn_digits.yaml --address auto        # an already running Ray cluster
   distdl score --checkpoint runs/cnn_digits/best --input data/unlabeled/ --output out/scores/
   distdl submit jobs/cnn_digits.yaml --address http://HEAD:8265 --follow   # a Ray job on a cluster
-  distdl jobs list --address http://HEAD:8265
-"""
-SUBMIT_EPILOG = """COMMAND is what a local run would take: `train SPEC [--set FIELD=VALUE ...] [--fresh]`
-(or just SPEC), or `score --checkpoint C --input I --output O [...]`. It is checked here first
-(a bad spec never reaches the cluster); relative paths in it (data, storage, --checkpoint,
---input, --output) are made absolute against the current directory and must exist at that
-place on the cluster (shared storage, or s3:// / gs://). The working directory and this copy
-of distdl are shipped with the job. A cluster with token authentication needs its token:
-RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token.
-
-examples:
-  distdl submit jobs/cnn_digits.yaml --address http://HEAD:8265 --follow
-  distdl submit --address http://HEAD:8265 jobs/cnn_digits.yaml --set storage=s3://bucket/runs
-  distdl submit --address http://HEAD:8265 score --checkpoint s3://bucket/runs/cnn_digits/best \\
-      --input s3://bucket/digits/holdout.parquet --output s3://bucket/scores/digits
+  distdl k8s render train jobs/x.yaml --image REGISTRY/distdl:0.1.0 --set storage=s3://BUCKET/runs
 """
 
 
@@ -37,59 +24,6 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="job spec YAML (see README: 'The job spec')")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a spec field, e.g. --set train.lr=0.01 (value parsed as YAML; repeatable)")
-
-
-K8S_EPILOG = """examples (the files in k8s/ are these commands' output):
-  distdl k8s render cluster --image REGISTRY/distdl:0.1.0 > k8s/raycluster.yaml
-  distdl k8s render train jobs/cnn_digits.yaml --image REGISTRY/distdl:0.1.0 \\
-      --set storage=s3://BUCKET/runs --set data.train=s3://BUCKET/digits/train.parquet | kubectl apply -f -
-  distdl k8s render score --image REGISTRY/distdl:0.1.0 --checkpoint s3://BUCKET/runs/cnn_digits/best \\
-      --input s3://BUCKET/digits/holdout.parquet --output s3://BUCKET/scores/digits
-  distdl k8s render serve --image REGISTRY/distdl:0.1.0 --checkpoint s3://BUCKET/runs/cnn_digits/best
-"""
-
-
-def _address_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=None,
-                   help="the cluster's Ray Jobs API (its dashboard), e.g. http://HEAD:8265 "
-                   "(default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS, else http://127.0.0.1:8265)")
-
-
-def _submit_options(p: argparse.ArgumentParser) -> None:
-    _address_arg(p)
-    p.add_argument("--working-dir", default=".",
-                   help="folder shipped as the job's working directory (default: .); a train spec must be in it")
-    p.add_argument("--follow", action="store_true",
-                   help="stream the job's logs, then exit with its result (0: SUCCEEDED, 1: FAILED or STOPPED)")
-
-
-def _k8s_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image", default=None,
-                   help="the distdl image (built from cluster/Dockerfile), e.g. REGISTRY/distdl:0.1.0; required")
-    p.add_argument("--cpus-per-node", type=int, default=8, help="CPUs of each worker pod (default: 8)")
-    p.add_argument("--memory-per-node", default="32Gi", help="memory of each worker pod (default: 32Gi)")
-    p.add_argument("--gpus-per-node", type=int, default=None,
-                   help="GPUs of each worker pod (default: 1 for training unless scaling.use_gpu is false; "
-                   "score: its --gpus; serve: 0)")
-    p.add_argument("--nodes", type=int, default=None,
-                   help="worker pods of a job, or the minimum of a service (default: as many as the spec's "
-                   "scaling.num_workers need, else 1)")
-    p.add_argument("--max-nodes", type=int, default=4, help="autoscaling maximum of cluster/serve (default: 4)")
-    p.add_argument("--name", default="distdl", help="name of the RayCluster / RayService (default: distdl)")
-
-
-def _own_options(args: argparse.Namespace, add_options, prog: str) -> list[str]:
-    """Take a command's own options out of ``args.argv`` (they may come anywhere); the rest."""
-    own = argparse.ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
-    add_options(own)
-    return own.parse_known_args(args.argv, namespace=args)[1]
-
-
-def _serve_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="distdl k8s render serve", allow_abbrev=False)
-    p.add_argument("--checkpoint", action="append", required=True, help="checkpoint URI to serve (repeatable)")
-    p.add_argument("--api-key-env", default=None, help="env var holding the API key clients must send")
-    return p
 
 
 def parser() -> argparse.ArgumentParser:
@@ -135,37 +69,7 @@ def parser() -> argparse.ArgumentParser:
     _spec_args(validate)
     validate.add_argument("--print", action="store_true", help="print the resolved spec with every default")
 
-    submit = sub.add_parser("submit", help="run train or score as a Ray job on a running cluster",
-                            description="Submit a distdl command to a Ray cluster through the Ray Jobs API "
-                            "and print its submission id.", epilog=SUBMIT_EPILOG,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    _submit_options(submit)
-    submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND ...",
-                        help="the distdl command to run on the cluster (see below)")
-
-    jobs = sub.add_parser("jobs", help="list, inspect, follow or stop Ray jobs on a cluster",
-                          description="The Ray jobs of a cluster (ids as printed by `distdl submit`).")
-    actions = jobs.add_subparsers(dest="action", required=True)
-    _address_arg(actions.add_parser("list", help="every job: id, status, start time, entrypoint"))
-    for action, text in (("status", "a job's status, times and message"), ("logs", "a job's output so far"),
-                         ("stop", "stop a running job (SIGTERM, then SIGKILL) and wait until it has stopped")):
-        one = actions.add_parser(action, help=text, description=text)
-        one.add_argument("job_id", help="submission id, e.g. raysubmit_...")
-        _address_arg(one)
-    actions.choices["logs"].add_argument("--follow", action="store_true",
-                                         help="keep streaming until the job ends; exit 0 if it SUCCEEDED, else 1")
-
-    k8s = sub.add_parser("k8s", help="KubeRay manifests (RayCluster, RayJob, RayService) from a job spec")
-    render = k8s.add_subparsers(dest="action", required=True).add_parser(
-        "render", help="print KubeRay manifests for a cluster, a train or score job, or a service",
-        description="Print KubeRay YAML for `kubectl apply -f -`. Paths must be s3:// or gs:// URIs: pods "
-        "share no filesystem. Token authentication is on (authOptions.mode: token).", epilog=K8S_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    _k8s_options(render)
-    render.add_argument("kind", choices=["cluster", "train", "score", "serve"])
-    render.add_argument("argv", nargs=argparse.REMAINDER, metavar="ARGS ...",
-                        help="train: SPEC [--set FIELD=VALUE ...]; score: the options of `distdl score`; "
-                        "serve: --checkpoint URI [--checkpoint URI ...] [--api-key-env NAME]")
+    clustercli.add_parsers(sub)
 
     demo = sub.add_parser("demo-data", help="write the digits demo data set (parquet + image folder)")
     demo.add_argument("out", nargs="?", default="data/digits", help="output folder (default: data/digits)")
@@ -214,88 +118,8 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _submit(args: argparse.Namespace) -> int:
-    from distdl import submit
-
-    # Submit's own options may come anywhere (`distdl submit SPEC --address URL`); the rest must be
-    # a command that `distdl` itself accepts here.
-    rest = _own_options(args, _submit_options, "distdl submit")
-    if not rest:
-        raise ValueError("distdl submit needs a command: a spec (`distdl submit jobs/x.yaml`) or `score ...`")
-    command = rest if rest[0] in ("train", "score") else ["train", *rest]
-    local = parser().parse_args(command)
-    working_dir = Path(args.working_dir)
-    if local.command == "train":
-        job = submit.train_job(local.spec, local.overrides, working_dir, ["--fresh"] if local.fresh else [])
-    else:
-        job = submit.score_job(command[1:])
-    jobs = submit.Jobs(args.address)
-    job_id = jobs.submit(job, working_dir)
-    print(f"submitted {job_id} to {jobs.address}\n  entrypoint: {job.entrypoint}", flush=True)
-    if args.follow:
-        return _follow(jobs, job_id)
-    print(f"  follow it:  distdl jobs logs {job_id} --follow --address {jobs.address}")
-    return 0
-
-
-def _follow(jobs, job_id: str) -> int:
-    try:
-        status = jobs.follow(job_id, sys.stdout)
-    except KeyboardInterrupt:
-        print(f"\nstopped following; the job keeps running (distdl jobs stop {job_id})", file=sys.stderr)
-        return 130
-    print(f"job {job_id} {status}")
-    return 0 if status == "SUCCEEDED" else 1
-
-
-def _jobs(args: argparse.Namespace) -> int:
-    from distdl import submit
-
-    jobs = submit.Jobs(args.address)
-    if args.action == "list":
-        for job in jobs.list():
-            print(submit.summary_line(job))
-    elif args.action == "status":
-        print(submit.describe(jobs.info(args.job_id)))
-    elif args.action == "logs":
-        if args.follow:
-            return _follow(jobs, args.job_id)
-        print(jobs.logs(args.job_id), end="")
-    elif not jobs.stop(args.job_id):
-        print(f"{args.job_id} had already ended: {jobs.info(args.job_id).status}")
-    else:
-        print(f"{args.job_id} {jobs.wait(args.job_id)}")
-    return 0
-
-
-def _k8s(args: argparse.Namespace) -> int:
-    from distdl import k8s
-
-    rest = _own_options(args, _k8s_options, "distdl k8s render")
-    if not args.image:
-        raise ValueError("distdl k8s render needs --image: the distdl image built from cluster/Dockerfile")
-    shape = k8s.Shape(args.image, args.cpus_per_node, args.memory_per_node, args.gpus_per_node, args.nodes,
-                      args.max_nodes)
-    if args.kind == "train":
-        local = parser().parse_args(["train", *rest])
-        docs = k8s.train_job(local.spec, local.overrides, shape)
-    elif args.kind == "score":
-        local = parser().parse_args(["score", *rest])
-        paths = {"--checkpoint": local.checkpoint, "--input": local.input, "--output": local.output}
-        docs = k8s.score_job(rest, paths, local.gpus, shape)
-    elif args.kind == "serve":
-        serve = _serve_parser().parse_args(rest)
-        docs = k8s.rayservice(serve.checkpoint, serve.api_key_env, shape, args.name)
-    elif rest:
-        raise ValueError(f"distdl k8s render cluster takes no arguments, got {' '.join(rest)}")
-    else:
-        docs = k8s.raycluster(shape, args.name)
-    print(k8s.render(docs), end="")
-    return 0
-
-
 COMMANDS = {"train": _train, "score": _score, "validate": _validate, "demo-data": _demo_data,
-            "submit": _submit, "jobs": _jobs, "k8s": _k8s}
+            **clustercli.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

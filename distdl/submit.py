@@ -169,15 +169,23 @@ class Jobs:
 
     def follow(self, job_id: str, out: TextIO) -> JobStatus:
         """Stream the job's logs to ``out`` until it ends; its final status."""
+        streamed = []
+
         async def tail() -> None:
             async for chunk in self.client.tail_job_logs(job_id):
                 out.write(chunk)
                 out.flush()
+                streamed.append(chunk)
 
         with self._errors(job_id):
             self.client.get_job_status(job_id)  # an unknown id fails here, not inside the websocket
             asyncio.run(tail())
-        return self.wait(job_id)
+        status = self.wait(job_id)
+        # The stream can close before the last lines reach it (seen on a loaded machine): add them.
+        text, logs = "".join(streamed), self.logs(job_id)
+        if logs.startswith(text):
+            out.write(logs[len(text):])
+        return status
 
     def stop(self, job_id: str) -> bool:
         """Ask the job to stop (SIGTERM, then SIGKILL); False when it had already ended."""

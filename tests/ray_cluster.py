@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import requests
 
 VENV_BIN = Path(sys.executable).parent
@@ -114,12 +113,12 @@ class LocalCluster:
         deadline = time.monotonic() + grace_s
         while any(p.poll() is None for p in self.procs) and time.monotonic() < deadline:
             time.sleep(0.5)
-        for proc in psutil.process_iter():
+        for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
             try:
-                if os.getsid(proc.pid) in sessions:
-                    proc.kill()
-            except (ProcessLookupError, PermissionError, psutil.Error):
-                pass  # gone already
+                if os.getsid(pid) in sessions:
+                    os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass  # gone already, or not ours
         for p in self.procs:
             p.wait()
         shutil.rmtree(self.temp_dir, ignore_errors=True)

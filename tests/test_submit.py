@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cluster import distdl_main
+from test_cluster import distdl_main, wait_for
 
 from distdl import cli, submit
 from distdl import spec as specmod
@@ -93,7 +93,9 @@ def test_a_job_imports_the_distdl_it_shipped(ray_cluster, spec_dir, monkeypatch)
     job_id = jobs.client.submit_job(entrypoint="python -c 'import distdl; print(distdl.__file__)'",
                                     runtime_env=submit.runtime_env(spec_dir))
     assert jobs.wait(job_id) == "SUCCEEDED"
-    imported = jobs.logs(job_id).strip().splitlines()[-1]
+    # On a loaded machine the last line can reach the job's log a moment after the status.
+    imported = wait_for(lambda: "__init__.py" in jobs.logs(job_id), "the job's output") and \
+        jobs.logs(job_id).strip().splitlines()[-1]
     assert imported.startswith(ray_cluster.temp_dir) and "/py_modules_files/" in imported
 
 

@@ -270,3 +270,48 @@ def test_fuzzed_requests_from_the_openapi_schema_never_get_a_500(app, no_replica
         case.call_and_validate(base_url=app.url, headers=app.auth, excluded_checks=[positive_data_acceptance])
 
     call_and_check()
+
+
+# ---- load, autoscaling, a killed replica -----------------------------------------------------
+def test_under_load_nothing_fails_and_replicas_scale_up_then_back_to_min(app):
+    _, (png, *_) = holdout_pngs(app, 1)
+    samples: list[dict[str, int]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.5):
+            samples.append(replica_states())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    # 15 s: Serve's handles push load metrics every 10 s, so one push falls well inside the load.
+    result = loadgen.closed_loop(app.route(), png, {**app.auth, "Content-Type": "application/octet-stream"},
+                                 concurrency=32, seconds=15)
+    done.set()
+    watcher.join()
+    print(f"\n32 concurrent clients for 15 s: {result.describe()}")
+    assert result.failures == [] and result.latencies_s
+    most = max(s.get("STARTING", 0) + s.get("RUNNING", 0) for s in samples)
+    assert most > AUTOSCALED["min_replicas"], f"the autoscaler never went above min_replicas: {samples}"
+    wait_for(lambda: replica_states() == {"RUNNING": AUTOSCALED["min_replicas"]}, 180,
+             "the deployment to scale back to min_replicas")
+
+
+def test_a_replica_killed_under_load_is_replaced_and_client_retries_lose_nothing(app):
+    import ray
+
+    _, (png, *_) = holdout_pngs(app, 1)
+    victim = sorted(replicas())[0]
+    results: list[loadgen.Result] = []
+    load = threading.Thread(target=lambda: results.append(loadgen.closed_loop(
+        app.route(), png, {**app.auth, "Content-Type": "application/octet-stream"}, concurrency=32, seconds=12,
+        retries=100)))  # a retry every 0.2 s: up to 20 s without a replica
+    load.start()
+    time.sleep(3)
+    ray.kill(ray.get_actor(victim, namespace="serve"))
+    load.join()
+    print(f"\nreplica killed 3 s into 12 s of load: {results[0].describe()}")
+    assert results[0].failures == []
+    wait_for(lambda: victim not in replicas() and replica_states().get("RUNNING", 0) >= 1, 180,
+             "Serve to replace the killed replica")
+    assert app.post(png, "application/octet-stream").status_code == 200

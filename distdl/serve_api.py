@@ -112,7 +112,8 @@ def build_api(models: dict[str, ModelInfo], handles: dict[str, DeploymentHandle]
                       responses={503: {"model": Readiness, "description": "a model is still loading"}})
     app.add_api_route("/models", list_models, methods=["GET"], dependencies=auth, summary="Served models",
                       responses={401: ERROR_RESPONSES[401]})
-    for name, task in TASKS.items():
+    for name in sorted({m.task for m in models.values()}):  # routes only for the tasks served
+        task = TASKS[name]
         app.add_api_route(f"/models/{{name}}/{task.path}", _task_route(name, task, models, handles),
                           methods=["POST"], response_model=task.response, dependencies=auth, summary=task.summary,
                           openapi_extra={"requestBody": task.request_body}, responses=ERROR_RESPONSES)

@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(PY) -m distdl train jobs/cnn_digits.yaml --fresh
 	$(PY) -m distdl score --checkpoint runs/cnn_digits/best --input data/digits/holdout.parquet \
 		--output out/digits_scores --overwrite
+	PY=$(PY) bash scripts/serve_demo.sh runs/cnn_digits/best
 
 test: $(STAMP)
 	$(PY) -m pytest -x -q --durations=15 tests

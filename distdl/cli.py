@@ -15,6 +15,8 @@ EPILOG = """examples:
   distdl train jobs/cnn_digits.yaml --set train.lr=0.01 --set scaling.num_workers=1
   distdl train jobs/cnn_digits.yaml --address auto        # an already running Ray cluster
   distdl score --checkpoint runs/cnn_digits/best --input data/unlabeled/ --output out/scores/
+  distdl serve --checkpoint runs/cnn_digits/best --port 8080
+  distdl serve --checkpoint runs/cnn_digits/best --export serve_config.yaml   # for serve deploy / KubeRay
   distdl submit jobs/cnn_digits.yaml --address http://HEAD:8265 --follow   # a Ray job on a cluster
   distdl k8s render train jobs/x.yaml --image REGISTRY/distdl:0.1.0 --set storage=s3://BUCKET/runs
 """
@@ -65,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--overwrite", action="store_true", help="replace an output of another checkpoint")
     score.add_argument("--address", default=None, help="Ray cluster to use (as for train)")
 
+    _serve_parser(sub)
+
     validate = sub.add_parser("validate", help="check a job spec without starting Ray")
     _spec_args(validate)
     validate.add_argument("--print", action="store_true", help="print the resolved spec with every default")
@@ -74,6 +78,29 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo-data", help="write the digits demo data set (parquet + image folder)")
     demo.add_argument("out", nargs="?", default="data/digits", help="output folder (default: data/digits)")
     return p
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser(
+        "serve", help="serve checkpoints over HTTP with Ray Serve (or export a Serve config)",
+        description="Start Ray Serve (embedded local Ray, or --address) with one autoscaled deployment per "
+        "checkpoint behind a FastAPI ingress, print the URL, and serve until Ctrl-C. Each model's settings "
+        "come from the 'serve' section of its checkpoint's spec.yaml; --set overrides them.",
+        epilog="routes: GET /healthz /readyz /models /docs; POST /models/NAME/classify-image "
+        "(image bytes, multipart 'images' files, or JSON {\"images\": [base64 | pixel array, ...]})")
+    serve.add_argument("--checkpoint", dest="checkpoints", action="append", required=True, metavar="[NAME=]PATH",
+                       help="checkpoint folder; its route name is NAME, else the spec's name (repeatable)")
+    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                       help="override a serve setting for every model, e.g. --set max_replicas=4 "
+                       "(value parsed as YAML; fields: README 'Serving'; repeatable)")
+    serve.add_argument("--api-key-env", default=None, metavar="NAME",
+                       help="require 'Authorization: Bearer <key>' with the key in environment variable NAME")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--address", default=None, help="Ray cluster to use (as for train); Ctrl-C then "
+                       "deletes only this application")
+    serve.add_argument("--export", default=None, metavar="FILE",
+                       help="write a Serve config YAML (serve deploy / serve run / KubeRay RayService) and exit")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -104,6 +131,24 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import yaml
+
+    from distdl import serve
+
+    raw = specmod.apply_overrides({}, args.overrides)  # same FIELD=VALUE parsing as train's --set
+    if args.export:
+        config = serve.export_config(args.checkpoints, api_key_env=args.api_key_env, **raw)
+        Path(args.export).write_text(yaml.safe_dump(config, sort_keys=False))
+        for _, path in map(serve.split_entry, config["applications"][0]["args"]["checkpoints"]):
+            if not is_uri(path) and not Path(path).exists():
+                print(f"note: {path} is not on this machine; it must exist where the config is deployed")
+        print(f"wrote {args.export}; deploy it with: serve deploy {args.export}  (or: serve run {args.export})")
+        return 0
+    serve.run(args.checkpoints, raw, args.api_key_env, args.host, args.port, args.address)
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     spec = specmod.load(args.spec, args.overrides)
     print(specmod.dump(spec) if args.print else f"{args.spec}: ok ({spec.model_family} '{spec.name}')")
@@ -118,7 +163,7 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "score": _score, "validate": _validate, "demo-data": _demo_data,
+COMMANDS = {"train": _train, "score": _score, "serve": _serve, "validate": _validate, "demo-data": _demo_data,
             **clustercli.COMMANDS}
 
 

@@ -18,6 +18,7 @@ import yaml
 
 from distdl import spec as specmod
 from distdl.paths import is_uri
+from distdl.serve import export_config
 
 SPEC_MOUNT = "/etc/distdl"
 SERVE_PORT = 8000
@@ -181,12 +182,6 @@ def score_job(argv: list[str], paths: dict[str, str], gpus_per_actor: float, sha
     return [_rayjob(name, ["score", *argv], shape)]
 
 
-def _serve_config(checkpoints: list[str], api_key_env: Optional[str]) -> dict:
-    """The Serve application, in the shape of `distdl serve --export` (distdl.serve.export_config)."""
-    return {"applications": [{"name": "distdl", "route_prefix": "/", "import_path": "distdl.serve:build_app",
-                              "args": {"checkpoints": checkpoints, "api_key_env": api_key_env}}]}
-
-
 def rayservice(checkpoints: list[str], api_key_env: Optional[str], shape: Shape, name: str = "distdl") -> list[dict]:
     """Serve the checkpoints: replicas autoscale inside Ray Serve, worker pods with the in-tree
     autoscaler. An API key comes from the Secret <name>-api-key (key: api-key) into api_key_env."""
@@ -196,7 +191,7 @@ def rayservice(checkpoints: list[str], api_key_env: Optional[str], shape: Shape,
         if api_key_env else []
     workers = [_workers("gpu" if shape.gpus else "cpu", shape, shape.nodes, shape.max_nodes, SERVE_READINESS, env)]
     return [_resource("RayService", name, {
-        "serveConfigV2": yaml.safe_dump(_serve_config(checkpoints, api_key_env), sort_keys=False),
+        "serveConfigV2": yaml.safe_dump(export_config(checkpoints, api_key_env=api_key_env), sort_keys=False),
         "rayClusterConfig": cluster_spec(_head(shape.image), workers, autoscale=True),
     })]
 

@@ -115,6 +115,46 @@ class FailureSpec:
 
 
 @dataclass
+class ServeSpec:
+    """Online serving (distdl serve): read from the checkpoint's spec.yaml; CLI --set overrides."""
+    min_replicas: int = 1
+    max_replicas: int = 1  # above min_replicas: autoscaling on
+    target_ongoing_requests: float = 8.0  # per replica: the autoscaler adds replicas above this
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 600.0
+    look_back_period_s: float = 30.0  # the autoscaler averages ongoing requests over this window (> 10 s)
+    max_batch_size: int = 16  # rows gathered from concurrent requests into one forward pass
+    batch_wait_timeout_s: float = 0.005  # longest wait for a batch to fill
+    max_ongoing_requests: int = 32  # per replica; caps what a batch can gather
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+    threads_per_replica: Union[Auto, int] = "auto"  # torch threads; auto: the replica's CPUs
+    top_k: int = 5  # most labels a response may list
+    max_body_bytes: int = 8 * 2**20  # larger requests: 413
+    max_items_per_request: int = 64  # images (rows) in one request; more: 413
+    max_image_pixels: int = 2**24  # width x height of one image; more: 413
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        for name in ("min_replicas", "max_batch_size", "max_ongoing_requests", "top_k", "max_body_bytes",
+                     "max_items_per_request", "max_image_pixels"):
+            yield from check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        yield from check(self.max_replicas >= self.min_replicas, "max_replicas",
+                         f"must be >= min_replicas ({self.min_replicas}), got {self.max_replicas}")
+        yield from check(self.max_ongoing_requests >= self.max_batch_size, "max_ongoing_requests",
+                         f"must be >= max_batch_size ({self.max_batch_size}), or batches can never fill; "
+                         f"got {self.max_ongoing_requests}")
+        # Serve pushes autoscaling metrics every 10 s; a shorter window is deprecated there.
+        yield from check(self.look_back_period_s > 10, "look_back_period_s",
+                         f"must be > 10 (Serve's metrics push interval), got {self.look_back_period_s}")
+        for name in ("target_ongoing_requests", "cpus_per_replica"):
+            yield from check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
+        for name in ("upscale_delay_s", "downscale_delay_s", "batch_wait_timeout_s", "gpus_per_replica"):
+            yield from check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        threads = self.threads_per_replica
+        yield from check(threads == "auto" or threads >= 1, "threads_per_replica", f"must be >= 1 or 'auto', got {threads}")
+
+
+@dataclass
 class JobSpec:
     name: str
     data: DataSpec
@@ -125,6 +165,7 @@ class JobSpec:
     scaling: ScalingSpec = field(default_factory=ScalingSpec)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     failure: FailureSpec = field(default_factory=FailureSpec)
+    serve: ServeSpec = field(default_factory=ServeSpec)
     storage: str = "runs"  # local folder or URI; the run lives in <storage>/<name>
 
     @property
@@ -133,13 +174,13 @@ class JobSpec:
 
     def to_dict(self) -> dict:
         """Plain data, the inverse of ``parse``: what workers and checkpoints receive."""
-        out = {k: to_dict(getattr(self, k)) for k in ("name", "data", "preprocess", "train", "scaling", "checkpoint", "failure", "storage")}
+        out = {k: to_dict(getattr(self, k)) for k in ("name", "data", "preprocess", "train", "scaling", "checkpoint", "failure", "serve", "storage")}
         out["model"] = {"family": self.model_family, **models.config_args(self.model)}
         return out
 
 
 SECTIONS = {"data": DataSpec, "train": TrainSpec, "scaling": ScalingSpec, "checkpoint": CheckpointSpec,
-            "failure": FailureSpec}
+            "failure": FailureSpec, "serve": ServeSpec}
 TOP_LEVEL = ("name", "storage", "model", "preprocess", *SECTIONS)
 
 

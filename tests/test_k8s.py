@@ -13,6 +13,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from distdl import cli, k8s
 from distdl import spec as specmod
+from distdl.serve import export_config
 from distdl.specbase import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,7 +146,7 @@ def test_the_score_job_runs_distdl_score_with_its_arguments():
 def test_the_service_config_passes_ray_serves_schema_and_readiness_checks_the_proxy():
     (service,) = docs("rayservice.yaml")
     config = yaml.safe_load(service["spec"]["serveConfigV2"])
-    assert config == k8s._serve_config([f"{BUCKET}/runs/cnn_digits/best"], None)
+    assert config == export_config([f"{BUCKET}/runs/cnn_digits/best"], api_key_env=None)  # = `distdl serve --export`
     app = ServeDeploySchema.model_validate(config).applications[0]
     assert app.import_path == "distdl.serve:build_app" and app.route_prefix == "/"
     assert service["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"]

@@ -15,13 +15,16 @@ from distdl.models.cnn import CNNConfig
 from distdl.predict import Predictor
 
 
-def tiny_checkpoint(dest: Path, train_parquet: Path, arch: str = "smallcnn", size: int = 8) -> str:
-    """A checkpoint of an untrained model with a really fitted preprocessor (no Ray Train)."""
-    pre = image.fit(data.read(str(train_parquet)), "image", "label", ImagePreprocessSpec(image_size=size, channels=1, fit_rows=200))
+def tiny_checkpoint(dest: Path, train_parquet: Path, arch: str = "smallcnn", size: int = 8, channels: int = 1,
+                    spec: dict | None = None) -> str:
+    """A checkpoint of an untrained model with a really fitted preprocessor (no Ray Train);
+    ``spec`` is what its spec.yaml holds (serving reads the name and serve section)."""
+    pre = image.fit(data.read(str(train_parquet)), "image", "label",
+                    ImagePreprocessSpec(image_size=size, channels=channels, fit_rows=200))
     cfg = models.complete_config("cnn", CNNConfig(arch=arch, width=8), pre)
     torch.manual_seed(0)
     model = models.build_model("cnn", cfg)
-    return checkpoint.save(str(dest), model, "cnn", cfg, pre, {}, {"epoch": 0})
+    return checkpoint.save(str(dest), model, "cnn", cfg, pre, spec or {}, {"epoch": 0})
 
 
 @pytest.fixture(scope="module")

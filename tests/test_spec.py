@@ -112,3 +112,13 @@ def test_unreadable_or_non_mapping_files_fail_clearly(tmp_path):
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(SpecError, match="must hold a mapping"):
         specmod.load(tmp_path / "list.yaml")
+
+
+def test_the_serve_section_is_checked_and_travels_with_the_spec():
+    found = problems({**MINIMAL, "serve": {"max_batch_size": 64, "max_ongoing_requests": 8, "max_replicas": 0,
+                                           "look_back_period_s": 5}})
+    assert found["serve.max_ongoing_requests"].startswith("must be >= max_batch_size (64)")
+    assert found["serve.max_replicas"] == "must be >= min_replicas (1), got 0"
+    assert found["serve.look_back_period_s"].startswith("must be > 10")
+    spec = specmod.parse({**MINIMAL, "serve": {"max_replicas": 3}})
+    assert specmod.parse(spec.to_dict()).serve.max_replicas == 3  # what a checkpoint's spec.yaml holds

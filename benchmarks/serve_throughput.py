@@ -1,0 +1,157 @@
+"""Online serving throughput, side by side: distdl serve against a plain FastAPI server.
+
+All three serve the same random-weight ResNet-18 (small stem, 32x32x3, 10 classes) checkpoint
+through the same Predictor, to the same closed-loop client (distdl.loadgen: N threads, one
+keep-alive connection each, one 32x32 PNG per request) on 127.0.0.1:
+
+  (a) plain: one uvicorn process, a FastAPI `def` route calling the Predictor per request
+      (FastAPI runs it in its thread pool), torch using every core;
+  (b) distdl serve, no batching (max_batch_size 1), one model replica, torch using every core;
+  (c) distdl serve with @serve.batch (max_batch_size 32), otherwise as (b).
+
+It prints requests/s, p50 and p99 latency for each at concurrency 1, 8 and 32, and the
+ratios (c)/(a).
+
+    .venv/bin/python benchmarks/serve_throughput.py               # 10 s per point
+    .venv/bin/python benchmarks/serve_throughput.py --seconds 3   # a quick smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from PIL import Image
+from score_throughput import SIZE, write_inputs
+
+from distdl import loadgen
+from distdl.predict import Predictor
+
+CONCURRENCY = (1, 8, 32)
+WARMUP_S = 3.0
+
+
+def plain_server(ckpt: str, port: int) -> None:
+    """(a): what a FastAPI user writes first: the model called once per request."""
+    predictor = Predictor(ckpt, threads=os.cpu_count())
+    app = FastAPI()
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/classify")
+    async def classify(request: Request) -> dict:
+        batch = {"image": np.array([await request.body(), None], dtype=object)[:1]}
+        out = await run_in_threadpool(predictor, batch)  # where FastAPI runs a blocking `def` route
+        return {"label": out["label"][0], "probability": out["probability"][0], "error": out["error"][0]}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png_image() -> bytes:
+    out = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, size=(SIZE, SIZE, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+def measure(url: str, body: bytes, seconds: float) -> dict[int, loadgen.Result]:
+    headers = {"Content-Type": "application/octet-stream"}
+    loadgen.closed_loop(url, body, headers, concurrency=8, seconds=WARMUP_S)
+    results = {c: loadgen.closed_loop(url, body, headers, concurrency=c, seconds=seconds) for c in CONCURRENCY}
+    for c, result in results.items():
+        assert not result.failures, f"{url} at concurrency {c}: {result.failures[:3]}"
+    return results
+
+
+def run_plain(ckpt: str, body: bytes, seconds: float) -> dict[int, loadgen.Result]:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, __file__, "--plain-server", ckpt, str(port)])
+    try:
+        while True:
+            assert server.poll() is None, "the plain server died"
+            try:
+                requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+                break
+            except requests.RequestException:
+                time.sleep(0.5)
+        return measure(f"http://127.0.0.1:{port}/classify", body, seconds)
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def run_distdl(ckpt: str, body: bytes, seconds: float, max_batch_size: int, port: int) -> dict[int, loadgen.Result]:
+    from ray import serve
+
+    from distdl import serve as distdl_serve
+
+    options = {"max_batch_size": max_batch_size, "max_ongoing_requests": 64, "batch_wait_timeout_s": 0.005,
+               "cpus_per_replica": 1, "threads_per_replica": os.cpu_count()}
+    app = distdl_serve.build_app({"checkpoints": [f"bench={ckpt}"], **options})
+    serve.run(app, name=distdl_serve.APP_NAME, route_prefix="/")
+    try:
+        return measure(f"http://127.0.0.1:{port}/models/bench/classify-image", body, seconds)
+    finally:
+        serve.delete(distdl_serve.APP_NAME)
+
+
+def report(results: dict[str, dict[int, loadgen.Result]]) -> None:
+    print(f"\n{'setup':<28}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, by_level in results.items():
+        for c, r in by_level.items():
+            print(f"{name:<28}{c:>8}{r.requests_per_s:>9.1f}{r.latency_ms(50):>9.1f}{r.latency_ms(99):>9.1f}")
+    plain, batched, unbatched = (results[k] for k in ("(a) plain FastAPI", "(c) distdl serve, batching",
+                                                      "(b) distdl serve, no batching"))
+    for c in CONCURRENCY:
+        print(f"concurrency {c:>2}: (c)/(a) req/s {batched[c].requests_per_s / plain[c].requests_per_s:.2f}, "
+              f"p99 {batched[c].latency_ms(99) / plain[c].latency_ms(99):.2f}x")
+    print(f"overhead at concurrency 1 (p50): (b) {unbatched[1].latency_ms(50) - plain[1].latency_ms(50):+.1f} ms, "
+          f"(c) {batched[1].latency_ms(50) - plain[1].latency_ms(50):+.1f} ms vs (a)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="load per concurrency level")
+    parser.add_argument("--plain-server", nargs=2, metavar=("CKPT", "PORT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plain_server:
+        return plain_server(args.plain_server[0], int(args.plain_server[1]))
+    from ray import serve
+
+    from distdl import runtime
+
+    body = png_image()
+    with tempfile.TemporaryDirectory(prefix="distdl-serve-bench-") as tmp:
+        ckpt, _ = write_inputs(Path(tmp), rows=1)
+        results = {"(a) plain FastAPI": run_plain(ckpt, body, args.seconds)}
+        runtime.connect()
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        results["(b) distdl serve, no batching"] = run_distdl(ckpt, body, args.seconds, 1, port)
+        results["(c) distdl serve, batching"] = run_distdl(ckpt, body, args.seconds, 32, port)
+        serve.shutdown()
+    print(f"ResNet-18 32x32x3, {os.cpu_count()} cores, {args.seconds:.0f} s per point")
+    report(results)
+
+
+if __name__ == "__main__":
+    main()

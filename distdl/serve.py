@@ -1,0 +1,175 @@
+"""distdl serve: checkpoints -> one Ray Serve application, run here or written as a Serve config.
+
+The application is a FastAPI ingress (serve_api) in front of one deployment per checkpoint
+(serve_model.ModelServer, autoscaled). ``build_app`` is its application builder, so a Serve
+config (``serve deploy``, ``serve run``, a KubeRay RayService) names it as
+
+    import_path: distdl.serve:build_app
+    args: {checkpoints: [PATH or NAME=PATH, ...], api_key_env: null | NAME, <serve field>: value, ...}
+
+Each model's settings are the ``serve`` section of the spec.yaml in its checkpoint, with
+the ``<serve field>`` args (the CLI's --set) laid over them.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ray import serve
+from ray.serve import Application
+
+from distdl import checkpoint
+from distdl.paths import is_uri
+from distdl.serve_api import FAMILY_TASK, TASKS, Ingress
+from distdl.serve_model import ModelServer
+from distdl.serve_schema import Limits, ModelInfo
+from distdl.spec import ServeSpec
+from distdl.specbase import SpecError, from_dict
+
+APP_NAME = "distdl"
+IMPORT_PATH = "distdl.serve:build_app"
+NAMED = re.compile(r"^([A-Za-z0-9_-]+)=(.+)$")  # NAME=PATH
+# The ingress only parses requests and awaits the models: it reserves no CPU (like Serve's own
+# proxy) so it never keeps a model replica from being placed, and it admits many requests at
+# once so that batches can fill; back-pressure happens at the model deployments.
+INGRESS_MAX_ONGOING = 1024
+HEALTH_CHECK_PERIOD_S = 2.0  # a dead replica is noticed and replaced within seconds
+
+
+@dataclass
+class Served:
+    info: ModelInfo
+    options: ServeSpec
+
+
+def load_models(checkpoints: list[str], overrides: dict[str, Any]) -> list[Served]:
+    """Each checkpoint's identity, task and serve settings; raises on anything that cannot serve."""
+    served = [_load(entry, overrides) for entry in checkpoints]
+    names = [s.info.name for s in served]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"two checkpoints are both named {duplicates}: name them with NAME=PATH")
+    return served
+
+
+def split_entry(entry: str) -> tuple[Optional[str], str]:
+    """``NAME=PATH`` or ``PATH`` -> (name or None, path)."""
+    named = NAMED.match(entry)
+    return (named.group(1), named.group(2)) if named else (None, entry)
+
+
+def _load(entry: str, overrides: dict[str, Any]) -> Served:
+    given_name, path = split_entry(entry)
+    if not checkpoint.is_complete(path):
+        raise FileNotFoundError(f"{path} is not a complete distdl checkpoint")
+    spec = checkpoint.load_spec(path)
+    family = spec.get("model", {}).get("family", "cnn")
+    if family not in FAMILY_TASK:
+        raise ValueError(f"{path}: model family {family!r} cannot be served yet; servable: {sorted(FAMILY_TASK)}")
+    name = given_name or spec.get("name")
+    if not name:
+        raise ValueError(f"{path}: its spec.yaml has no name; serve it as NAME={path}")
+    problems: list[tuple[str, str]] = []
+    options = from_dict(ServeSpec, {**(spec.get("serve") or {}), **overrides}, "serve", problems)
+    if problems:
+        raise SpecError(problems)
+    task = FAMILY_TASK[family]
+    info = ModelInfo(name=name, family=family, task=task, route=f"/models/{name}/{TASKS[task].path}",
+                     checkpoint=path, checkpoint_id=checkpoint.identity(path), input=TASKS[task].describe(path),
+                     limits=Limits.of(options))
+    return Served(info, options)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """The Serve application builder: ``args`` as in a Serve config (see the module doc)."""
+    args = dict(args)
+    checkpoints = args.pop("checkpoints", None)
+    if not isinstance(checkpoints, list) or not checkpoints or not all(isinstance(c, str) for c in checkpoints):
+        raise ValueError(f"args.checkpoints must be a non-empty list of checkpoint paths, got {checkpoints!r}")
+    api_key_env = args.pop("api_key_env", None)
+    return application(load_models(checkpoints, args), api_key_env)
+
+
+def application(served: list[Served], api_key_env: Optional[str]) -> Application:
+    handles = {s.info.name: _model_deployment(s) for s in served}
+    ingress = Ingress.options(name="ingress", max_ongoing_requests=INGRESS_MAX_ONGOING,
+                              health_check_period_s=HEALTH_CHECK_PERIOD_S, ray_actor_options={"num_cpus": 0})
+    return ingress.bind(handles, [s.info.model_dump() for s in served], api_key_env)
+
+
+def _model_deployment(served: Served) -> Application:
+    o = served.options
+    if o.max_replicas > o.min_replicas:
+        scaling: dict[str, Any] = {"autoscaling_config": {
+            "min_replicas": o.min_replicas, "max_replicas": o.max_replicas,
+            "target_ongoing_requests": o.target_ongoing_requests, "upscale_delay_s": o.upscale_delay_s,
+            "downscale_delay_s": o.downscale_delay_s, "look_back_period_s": o.look_back_period_s}}
+    else:
+        scaling = {"num_replicas": o.min_replicas}
+    threads = max(1, round(o.cpus_per_replica)) if o.threads_per_replica == "auto" else o.threads_per_replica
+    deployment = ModelServer.options(
+        name=f"model-{served.info.name}", max_ongoing_requests=o.max_ongoing_requests,
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
+        ray_actor_options={"num_cpus": o.cpus_per_replica, "num_gpus": o.gpus_per_replica}, **scaling)
+    return deployment.bind(served.info.checkpoint, o.top_k, threads, "cuda" if o.gpus_per_replica else "cpu",
+                           o.max_batch_size, o.batch_wait_timeout_s)
+
+
+def export_config(checkpoints: list[str], **options: Any) -> dict:
+    """A Serve config (``ray.serve.schema.ServeDeploySchema``) deploying ``checkpoints`` via build_app.
+
+    Local paths become absolute (the app is built in Serve's controller, elsewhere). The
+    checkpoints themselves are read only where the config is deployed: on a cluster they may
+    exist only there. The serve options are checked now."""
+    problems: list[tuple[str, str]] = []
+    from_dict(ServeSpec, {k: v for k, v in options.items() if k != "api_key_env"}, "serve", problems)
+    if problems:
+        raise SpecError(problems)
+    args = {"checkpoints": [_absolute(c) for c in checkpoints], "api_key_env": options.get("api_key_env"),
+            **{k: v for k, v in options.items() if k != "api_key_env"}}
+    return {"applications": [{"name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH, "args": args}]}
+
+
+def _absolute(entry: str) -> str:
+    name, path = split_entry(entry)
+    return (f"{name}=" if name else "") + (path if is_uri(path) else str(Path(path).absolute()))
+
+
+def run(checkpoints: list[str], options: dict[str, Any], api_key_env: Optional[str], host: str, port: int,
+        address: Optional[str]) -> None:
+    """Serve until SIGINT (Ctrl-C) or SIGTERM. On an existing cluster only this app is deleted
+    at the end; an embedded local Ray is shut down with Serve."""
+    import ray
+
+    from distdl import runtime
+
+    served = load_models(checkpoints, options)  # a bad checkpoint or option fails before Ray starts
+    if api_key_env and not os.environ.get(api_key_env):
+        raise ValueError(f"--api-key-env {api_key_env}: ${api_key_env} is not set")
+    embedded = not (address or os.environ.get("RAY_ADDRESS"))
+    runtime.connect(address)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(application(served, api_key_env), name=APP_NAME, route_prefix="/")
+        url = f"http://{host}:{port}"
+        print(f"serving at {url}/ (API docs: {url}/docs; Ctrl-C stops):", flush=True)
+        for s in served:
+            print(f"  {s.info.name:<16} POST {url}{s.info.route}", flush=True)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        print("stopping ...", flush=True)
+        if embedded:
+            serve.shutdown()
+            ray.shutdown()
+        else:
+            serve.delete(APP_NAME)
+    print("stopped", flush=True)

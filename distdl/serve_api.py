@@ -1,0 +1,175 @@
+"""The HTTP ingress: a FastAPI app in a Serve deployment in front of the model deployments.
+
+    GET  /healthz                      liveness: the ingress answers
+    GET  /readyz                       every model has a replica with its checkpoint loaded (else 503)
+    GET  /models                       names, families, tasks, checkpoint ids, input schemas, limits
+    POST /models/{name}/<task path>    one route per task in TASKS, e.g. classify-image
+    GET  /docs, /openapi.json          the API, generated from the pydantic models
+
+A new kind of model is a new entry in TASKS (its route, schemas and HTTP <-> row
+conversions, see serve_schema.Task) and in FAMILY_TASK.
+"""
+# No `from __future__ import annotations` here: FastAPI reads the route closures' annotations
+# at run time, and they name per-task types that only exist inside the closure.
+import asyncio
+import os
+import secrets
+from typing import Annotated, Any, Optional
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from distdl import serve_image
+from distdl.serve_schema import ERROR_RESPONSES, Health, ModelInfo, ModelList, Readiness, Task, problem
+
+TASKS: dict[str, Task] = {
+    "image_classification": serve_image.TASK,
+}
+FAMILY_TASK = {"cnn": "image_classification"}  # model.family -> task; one entry per servable family
+READY_TIMEOUT_S = 2.0
+UNAVAILABLE = (RayActorError, BackPressureError, DeploymentUnavailableError)  # includes ActorDiedError
+
+
+class BodyTooLarge(Exception):
+    """Raised from the receive channel once a body without Content-Length passes the cap."""
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over ``max_bytes`` with 413 before they fill memory.
+    Each model's own (smaller or equal) limit is checked by its task's parser."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_bytes:
+            response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise BodyTooLarge(f"request body over {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+@serve.deployment
+@serve.ingress()
+class Ingress:
+    def __init__(self, handles: dict[str, DeploymentHandle], models: list[dict], api_key_env: Optional[str]):
+        self.handles = handles
+        self.models = {m["name"]: ModelInfo(**m) for m in models}
+        self.api_key = _api_key(api_key_env)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_api(self.models, self.handles, self.api_key)
+
+
+def _api_key(env: Optional[str]) -> Optional[str]:
+    if env is None:
+        return None
+    key = os.environ.get(env)
+    if not key:  # fail closed: an unset variable must not serve the models without a key
+        raise RuntimeError(f"api_key_env is {env!r}, but ${env} is not set (or empty) in the serving process")
+    return key
+
+
+def build_api(models: dict[str, ModelInfo], handles: dict[str, DeploymentHandle], api_key: Optional[str]) -> FastAPI:
+    app = FastAPI(title="distdl", summary="Online predictions from distdl checkpoints")
+    app.add_middleware(BodyLimit, max_bytes=max(m.limits.max_body_bytes for m in models.values()))
+    app.add_exception_handler(ValidationError, _invalid_body)
+    app.add_exception_handler(BodyTooLarge, _too_large)
+    auth = [Depends(_auth(api_key))] if api_key else []
+
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    async def readyz() -> JSONResponse:
+        states = await asyncio.gather(*(_state(h) for h in handles.values()))
+        body = Readiness(ready=all(s == "ready" for s in states), models=dict(zip(handles, states)))
+        return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+
+    async def list_models() -> ModelList:
+        return ModelList(models=list(models.values()))
+
+    app.add_api_route("/healthz", healthz, methods=["GET"], summary="Liveness")
+    app.add_api_route("/readyz", readyz, methods=["GET"], response_model=Readiness, summary="Readiness",
+                      responses={503: {"model": Readiness, "description": "a model is still loading"}})
+    app.add_api_route("/models", list_models, methods=["GET"], dependencies=auth, summary="Served models",
+                      responses={401: ERROR_RESPONSES[401]})
+    for name in sorted({m.task for m in models.values()}):  # routes only for the tasks served
+        task = TASKS[name]
+        app.add_api_route(f"/models/{{name}}/{task.path}", _task_route(name, task, models, handles),
+                          methods=["POST"], response_model=task.response, dependencies=auth, summary=task.summary,
+                          openapi_extra={"requestBody": task.request_body}, responses=ERROR_RESPONSES)
+    return app
+
+
+def _task_route(task_name: str, task: Task, models: dict[str, ModelInfo], handles: dict[str, DeploymentHandle]):
+    served = [n for n, info in models.items() if info.task == task_name]
+    model_name = Annotated[str, PathParam(description="a served model", json_schema_extra={"enum": served})]
+
+    async def predict(name: model_name, request: Request, params: Annotated[task.params, Query()]) -> Any:
+        info = models.get(name)
+        if info is None:
+            raise problem(404, f"unknown model {name!r}; served: {sorted(models)}")
+        if info.task != task_name:
+            raise problem(404, f"model {name!r} does {info.task}, not {task_name}: POST {info.route}")
+        rows = await task.parse(request, info.limits)
+        try:
+            outputs = await handles[name].predict.remote(rows)
+        except UNAVAILABLE:
+            raise HTTPException(503, f"model {name!r} has no live replica right now; retry",
+                                headers={"Retry-After": "1"}) from None
+        bad = [{"loc": [task.items, i], "msg": row["error"], "type": "bad_input"}
+               for i, row in enumerate(outputs) if row["error"] is not None]
+        if bad:
+            raise HTTPException(422, bad)
+        return task.respond(info, outputs, params)
+
+    return predict
+
+
+def _auth(api_key: str):
+    bearer = HTTPBearer(auto_error=False, description="the value of the server's --api-key-env variable")
+
+    async def check(credentials: Annotated[Optional[HTTPAuthorizationCredentials], Depends(bearer)]) -> None:
+        given = credentials.credentials if credentials else ""
+        if not secrets.compare_digest(given.encode(), api_key.encode()):
+            raise HTTPException(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+async def _state(handle: DeploymentHandle) -> str:
+    try:
+        await asyncio.wait_for(handle.ready.remote(), READY_TIMEOUT_S)
+        return "ready"
+    except (asyncio.TimeoutError, *UNAVAILABLE):
+        return "loading"
+
+
+async def _invalid_body(request: Request, exc: ValidationError) -> JSONResponse:
+    """A request body that does not match its task's schema (pydantic raised inside a parser)."""
+    detail = exc.errors(include_url=False, include_context=False, include_input=False)
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=413)

@@ -1,0 +1,91 @@
+"""The HTTP API's shared pieces: what each served model is, its request limits, and the
+``Task`` record that the literal task table (serve_api.TASKS) holds for each kind of model.
+
+Errors anywhere in the API are FastAPI's shape, ``{"detail": str | [{"loc", "msg", "type"}]}``,
+so a client parses one format whatever went wrong.
+"""
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, NamedTuple
+
+from fastapi import HTTPException, Request
+from pydantic import BaseModel, Field
+
+from distdl.spec import ServeSpec
+
+
+class Limits(BaseModel):
+    """Per-model request limits (the checkpoint's ``serve`` section)."""
+    max_body_bytes: int
+    max_items_per_request: int
+    max_image_pixels: int
+    top_k: int = Field(description="most labels a response may list per item")
+
+    @classmethod
+    def of(cls, options: ServeSpec) -> "Limits":
+        return cls(max_body_bytes=options.max_body_bytes, max_items_per_request=options.max_items_per_request,
+                   max_image_pixels=options.max_image_pixels, top_k=options.top_k)
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="the model's route name")
+    family: str = Field(description="model family of the checkpoint, e.g. 'cnn'")
+    task: str = Field(description="what the model does, e.g. 'image_classification'")
+    route: str = Field(description="where to POST inputs")
+    checkpoint: str
+    checkpoint_id: str = Field(description="hash of the weights and preprocessor (as in distdl score manifests)")
+    input: dict[str, Any] = Field(description="what the model expects, e.g. image size, channels, classes")
+    limits: Limits
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    models: dict[str, str] = Field(description="model name -> 'ready' or 'loading'")
+
+
+class Problem(BaseModel):
+    """Every 4xx/5xx body."""
+    detail: str | list[dict[str, Any]]
+
+
+class Task(NamedTuple):
+    """How one task is served over HTTP: its route, schemas, and the two conversions
+    between HTTP and Predictor rows. Rows cross to the model replica as plain values
+    (bytes, arrays); decoding them is the Predictor's job, as in batch scoring."""
+    path: str  # the route is POST /models/{name}/<path>
+    items: str  # what a request's rows are called, e.g. "images": error locations name them
+    summary: str
+    params: type[BaseModel]  # query parameters
+    request_body: dict  # OpenAPI requestBody: the content types accepted and their schemas
+    response: type[BaseModel]
+    describe: Callable[[str], dict]  # checkpoint path -> ModelInfo.input
+    parse: Callable[[Request, Limits], Awaitable[list[Any]]]  # HTTP request -> rows (or HTTPException)
+    respond: Callable[[ModelInfo, list[dict], Any], BaseModel]  # (model, Predictor rows, params) -> response
+
+
+def problem(status: int, msg: str, loc: list[Any] | None = None, kind: str = "bad_input") -> HTTPException:
+    """An HTTPException whose detail points at the bad part of the request, like FastAPI's 422s."""
+    if loc is None:
+        return HTTPException(status, msg)
+    return HTTPException(status, [{"loc": loc, "msg": msg, "type": kind}])
+
+
+ERROR_RESPONSES: dict[int | str, dict] = {
+    code: {"model": Problem, "description": text} for code, text in {
+        400: "malformed request (e.g. a broken multipart body)",
+        401: "missing or wrong API key (when the server has one)",
+        404: "unknown model, or a model of another task",
+        413: "body, item count or image pixels over the model's limits",
+        415: "unsupported Content-Type",
+        422: "input that cannot be turned into a model input; detail names each bad item",
+        503: "a model replica stopped or is starting: retry",
+    }.items()
+}

@@ -20,6 +20,8 @@ import ray.data
 from distdl.paths import filesystem
 
 IMAGE_EXTENSIONS = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
+# class-per-folder formats: the column that holds each file's bytes, and the files read
+FOLDER_FORMATS = {"image_folder": ("image", IMAGE_EXTENSIONS), "audio_folder": ("audio", ["wav"])}
 EXTENSION_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}
 
 
@@ -39,8 +41,10 @@ def infer_format(path: str) -> str:
             raise DataError(f"cannot infer the format of {path} from '{ext}'; set data.format")
         return EXTENSION_FORMATS[ext]
     entries = fs.get_file_info(pyarrow.fs.FileSelector(inner, recursive=False))
-    if any(e.type == pyarrow.fs.FileType.Directory for e in entries):
-        return "image_folder"
+    folders = [e for e in entries if e.type == pyarrow.fs.FileType.Directory]
+    if folders:  # class folders: wav files in the first one make it audio, else images
+        inside = fs.get_file_info(pyarrow.fs.FileSelector(folders[0].path, recursive=False))
+        return "audio_folder" if any(e.base_name.lower().endswith(".wav") for e in inside) else "image_folder"
     exts = {posixpath.splitext(e.path)[1].lower() for e in entries if not e.base_name.startswith((".", "_"))}
     found = sorted({EXTENSION_FORMATS[e] for e in exts if e in EXTENSION_FORMATS})
     if len(found) != 1:
@@ -72,7 +76,7 @@ def check_readable(path: str, fmt: str) -> None:
 
 
 def read(path: str, fmt: str = "auto") -> ray.data.Dataset:
-    """A lazy dataset of raw rows; image folders give columns image (bytes), label, path."""
+    """A lazy dataset of raw rows; image (audio) folders give columns image (audio) bytes, label, path."""
     fmt = infer_format(path) if fmt == "auto" else fmt
     check_readable(path, fmt)
     if fmt == "parquet":
@@ -83,16 +87,17 @@ def read(path: str, fmt: str = "auto") -> ray.data.Dataset:
         return ray.data.read_json(path, lines=True)
     if fmt == "text":
         return ray.data.read_text(path)
-    if fmt == "image_folder":
-        files = ray.data.read_binary_files(path, include_paths=True, file_extensions=IMAGE_EXTENSIONS)
-        return files.map_batches(_label_from_folder, batch_format="numpy")
+    if fmt in FOLDER_FORMATS:
+        column, extensions = FOLDER_FORMATS[fmt]
+        files = ray.data.read_binary_files(path, include_paths=True, file_extensions=extensions)
+        return files.map_batches(_label_from_folder, fn_kwargs={"column": column}, batch_format="numpy")
     raise DataError(f"unknown data format {fmt!r}")
 
 
-def _label_from_folder(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _label_from_folder(batch: dict[str, np.ndarray], column: str) -> dict[str, np.ndarray]:
     paths = batch["path"]
     labels = np.array([posixpath.basename(posixpath.dirname(p)) for p in paths], dtype=object)
-    return {"image": batch["bytes"], "label": labels, "path": paths}
+    return {column: batch["bytes"], "label": labels, "path": paths}
 
 
 def split(ds: ray.data.Dataset, val_fraction: float, seed: int, key_column: str | None) -> tuple[ray.data.Dataset, ray.data.Dataset]:

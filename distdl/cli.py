@@ -15,17 +15,34 @@ EPILOG = """examples:
   distdl train jobs/cnn_digits.yaml --set train.lr=0.01 --set scaling.num_workers=1
   distdl train jobs/cnn_digits.yaml --address auto        # an already running Ray cluster
   distdl score --checkpoint runs/cnn_digits/best --input data/unlabeled/ --output out/scores/
+  distdl generate --checkpoint runs/rnn_lm/best --prompt "the cat" --temperature 0.8 --seed 1
   distdl serve --checkpoint runs/cnn_digits/best --port 8080
   distdl serve --checkpoint runs/cnn_digits/best --export serve_config.yaml   # for serve deploy / KubeRay
   distdl submit jobs/cnn_digits.yaml --address http://HEAD:8265 --follow   # a Ray job on a cluster
   distdl k8s render train jobs/x.yaml --image REGISTRY/distdl:0.1.0 --set storage=s3://BUCKET/runs
 """
+DEMO_KINDS = ("digits", "sequences", "text", "speech")  # demo_data.WRITERS (imported only when used)
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="job spec YAML (see README: 'The job spec')")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a spec field, e.g. --set train.lr=0.01 (value parsed as YAML; repeatable)")
+
+
+def _generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--top-k", type=int, default=None,
+                   help="classification: top labels kept per row (default 5); language model: sample from "
+                   "the k most likely characters (default: all)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="language model: characters to generate (default 200)")
+    p.add_argument("--temperature", type=float, default=None, help="language model: 0 is greedy (default 1.0)")
+    p.add_argument("--seed", type=int, default=None, help="language model: sampling seed per row (default 0)")
+
+
+def generation_options(args: argparse.Namespace) -> dict:
+    """The prediction options given on the command line (the task's own defaults for the rest)."""
+    names = ("top_k", "max_new_tokens", "temperature", "seed")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -62,8 +79,7 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--gpus", type=float, default=0.0, help="GPUs per actor")
     score.add_argument("--rows-per-file", type=int, default=None,
                        help="rows per output parquet part (default: one part per block Ray Data writes)")
-    score.add_argument("--top-k", type=int, default=None,
-                       help="classification: how many top labels to keep per row (default 5)")
+    _generation_args(score)
     score.add_argument("--overwrite", action="store_true", help="replace an output of another checkpoint")
     score.add_argument("--address", default=None, help="Ray cluster to use (as for train)")
 
@@ -75,8 +91,17 @@ def parser() -> argparse.ArgumentParser:
 
     clustercli.add_parsers(sub)
 
-    demo = sub.add_parser("demo-data", help="write the digits demo data set (parquet + image folder)")
-    demo.add_argument("out", nargs="?", default="data/digits", help="output folder (default: data/digits)")
+    generate = sub.add_parser("generate", help="generate text from a language-model checkpoint",
+                              description="Load the checkpoint once (no Ray) and print the prompt and its continuation.")
+    generate.add_argument("--checkpoint", required=True, help="checkpoint folder, e.g. runs/rnn_lm/best")
+    generate.add_argument("--prompt", required=True, help="text to continue")
+    _generation_args(generate)
+
+    demo = sub.add_parser("demo-data", help="write a demo data set: digits (default), sequences, text or speech")
+    demo.add_argument("out", nargs="?", default=None, help="output folder (default: data/<kind>)")
+    demo.add_argument("--kind", choices=DEMO_KINDS, default="digits",
+                      help="digits: images; sequences: variable-length waveforms; text: sentences for a "
+                      "language model; speech: wav clips in class folders")
     return p
 
 
@@ -125,9 +150,8 @@ def _score(args: argparse.Namespace) -> int:
     runtime.connect(args.address)
     resources = score.Resources(args.batch_size, args.min_actors, args.max_actors, args.cpus, args.gpus,
                                 args.rows_per_file)
-    options = {"top_k": args.top_k} if args.top_k is not None else {}
     print(score.score(args.checkpoint, args.input, args.output, resources, args.format, args.id_column,
-                      args.overwrite, options).describe())
+                      args.overwrite, generation_options(args)).describe())
     return 0
 
 
@@ -155,16 +179,31 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_data(args: argparse.Namespace) -> int:
-    from distdl.demo_data import write_digits
+def _generate(args: argparse.Namespace) -> int:
+    import numpy as np
 
-    paths = write_digits(Path(args.out))
+    from distdl.predict import Predictor
+
+    predictor = Predictor(args.checkpoint, **generation_options(args))
+    if "generated" not in predictor.output_columns:
+        raise ValueError(f"{args.checkpoint} is a {predictor.task_name} model; generate needs a language model")
+    out = predictor({predictor.pre.input_column: np.array([args.prompt], dtype=object)})
+    if out["error"][0]:
+        raise ValueError(out["error"][0])
+    print(args.prompt + out["generated"][0])
+    return 0
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    from distdl.demo_data import WRITERS
+
+    paths = WRITERS[args.kind](Path(args.out or f"data/{args.kind}"))
     print("\n".join(f"{name}: {path}" for name, path in paths.items()))
     return 0
 
 
-COMMANDS = {"train": _train, "score": _score, "serve": _serve, "validate": _validate, "demo-data": _demo_data,
-            **clustercli.COMMANDS}
+COMMANDS = {"train": _train, "score": _score, "serve": _serve, "validate": _validate, "generate": _generate,
+            "demo-data": _demo_data, **clustercli.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,8 +20,10 @@ import ray.data
 from distdl.paths import filesystem
 
 IMAGE_EXTENSIONS = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
+# class-per-folder formats: the column that holds each file's bytes, and the files read
+FOLDER_FORMATS = {"image_folder": ("image", IMAGE_EXTENSIONS), "audio_folder": ("audio", ["wav"])}
 MAX_BLOCKS = 2000  # read tasks per scoring job; more costs more in scheduling than it saves on a kill
-IMAGES_PER_BLOCK = 256
+FILES_PER_BLOCK = 256  # class-per-folder inputs: one file is one row
 EXTENSION_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}
 
 
@@ -41,8 +43,10 @@ def infer_format(path: str) -> str:
             raise DataError(f"cannot infer the format of {path} from '{ext}'; set data.format")
         return EXTENSION_FORMATS[ext]
     entries = fs.get_file_info(pyarrow.fs.FileSelector(inner, recursive=False))
-    if any(e.type == pyarrow.fs.FileType.Directory for e in entries):
-        return "image_folder"
+    folders = [e for e in entries if e.type == pyarrow.fs.FileType.Directory]
+    if folders:  # class folders: wav files in the first one make it audio, else images
+        inside = fs.get_file_info(pyarrow.fs.FileSelector(folders[0].path, recursive=False))
+        return "audio_folder" if any(e.base_name.lower().endswith(".wav") for e in inside) else "image_folder"
     exts = {posixpath.splitext(e.path)[1].lower() for e in entries if not e.base_name.startswith((".", "_"))}
     found = sorted({EXTENSION_FORMATS[e] for e in exts if e in EXTENSION_FORMATS})
     if len(found) != 1:
@@ -74,9 +78,9 @@ def check_readable(path: str, fmt: str) -> None:
 
 
 def read(path: str, fmt: str = "auto", blocks_per_file: bool = False) -> ray.data.Dataset:
-    """A lazy dataset of raw rows; image folders give columns image (bytes), label, path.
-    ``blocks_per_file``: at least one block per input file (of a multi-file input; image
-    folders: one per IMAGES_PER_BLOCK files) instead of Ray's size-based choice."""
+    """A lazy dataset of raw rows; image (audio) folders give columns image (audio) bytes, label, path.
+    ``blocks_per_file``: at least one block per input file (of a multi-file input; class
+    folders: one per FILES_PER_BLOCK files) instead of Ray's size-based choice."""
     fmt = infer_format(path) if fmt == "auto" else fmt
     check_readable(path, fmt)
     blocks = _block_count(path, fmt) if blocks_per_file else None
@@ -88,10 +92,11 @@ def read(path: str, fmt: str = "auto", blocks_per_file: bool = False) -> ray.dat
         return ray.data.read_json(path, lines=True, override_num_blocks=blocks)
     if fmt == "text":
         return ray.data.read_text(path, override_num_blocks=blocks)
-    if fmt == "image_folder":
-        files = ray.data.read_binary_files(path, include_paths=True, file_extensions=IMAGE_EXTENSIONS,
+    if fmt in FOLDER_FORMATS:
+        column, extensions = FOLDER_FORMATS[fmt]
+        files = ray.data.read_binary_files(path, include_paths=True, file_extensions=extensions,
                                            override_num_blocks=blocks)
-        return files.map_batches(_label_from_folder, batch_format="numpy")
+        return files.map_batches(_label_from_folder, fn_kwargs={"column": column}, batch_format="numpy")
     raise DataError(f"unknown data format {fmt!r}")
 
 
@@ -110,17 +115,17 @@ def _read_parquet(path: str, blocks: int | None) -> ray.data.Dataset:
 
 def _block_count(path: str, fmt: str) -> int | None:
     """None (Ray decides) for a single file: Ray splits a large one by its row groups itself."""
-    if fmt == "image_folder":
-        files = len(_files(path, tuple(IMAGE_EXTENSIONS)))
-        return max(1, min(MAX_BLOCKS, -(-files // IMAGES_PER_BLOCK))) if files > IMAGES_PER_BLOCK else None
+    if fmt in FOLDER_FORMATS:
+        files = len(_files(path, tuple(FOLDER_FORMATS[fmt][1])))
+        return min(MAX_BLOCKS, -(-files // FILES_PER_BLOCK)) if files > FILES_PER_BLOCK else None
     files = len(_files(path, tuple(ext for ext, f in EXTENSION_FORMATS.items() if f == fmt)))
     return min(MAX_BLOCKS, files) if files > 1 else None
 
 
-def _label_from_folder(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _label_from_folder(batch: dict[str, np.ndarray], column: str) -> dict[str, np.ndarray]:
     paths = batch["path"]
     labels = np.array([posixpath.basename(posixpath.dirname(p)) for p in paths], dtype=object)
-    return {"image": batch["bytes"], "label": labels, "path": paths}
+    return {column: batch["bytes"], "label": labels, "path": paths}
 
 
 def split(ds: ray.data.Dataset, val_fraction: float, seed: int, key_column: str | None) -> tuple[ray.data.Dataset, ray.data.Dataset]:

@@ -7,6 +7,7 @@ null predictions instead of failing the batch: one bad row must not kill a milli
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 import numpy as np
@@ -34,6 +35,10 @@ class Predictor:
         self.family = meta["family"]
         self.task_name = models.FAMILIES[self.family].task(models.config_from_args(self.family, meta["args"]))
         self.task = tasks.create(self.task_name, self.pre)
+        accepted = list(inspect.signature(self.task.predict).parameters)[2:]  # after (model, features)
+        if set(options) - set(accepted):
+            raise ValueError(f"option(s) {sorted(set(options) - set(accepted))} do not apply to a "
+                             f"{self.task_name} model; it takes {accepted}")
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.options = options

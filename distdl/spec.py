@@ -19,7 +19,7 @@ from distdl.paths import is_uri
 from distdl.specbase import SpecError, check, from_dict, join, to_dict, unknown_key
 
 Auto = Literal["auto"]
-DATA_FORMATS = ("parquet", "csv", "jsonl", "image_folder", "text")
+DATA_FORMATS = ("parquet", "csv", "jsonl", "image_folder", "text", "audio_folder")
 
 
 @dataclass
@@ -27,8 +27,8 @@ class DataSpec:
     train: str  # file, folder or URI (s3://, gs://) of the training data
     val: Optional[str] = None  # separate validation data; if null, val_fraction of train is held out
     val_fraction: float = 0.1
-    format: Union[Auto, Literal["parquet", "csv", "jsonl", "image_folder", "text"]] = "auto"
-    input_column: Optional[str] = None  # null: the family's default ("image" for cnn)
+    format: Union[Auto, Literal["parquet", "csv", "jsonl", "image_folder", "text", "audio_folder"]] = "auto"
+    input_column: Optional[str] = None  # null: the family's default ("image" for cnn, "sequence"/"audio"/"text" for rnn)
     label_column: str = "label"
     id_column: Optional[str] = None  # stable row key for the train/val split (default: row content)
 
@@ -230,7 +230,8 @@ def _cross_checks(spec: JobSpec) -> Iterator[tuple[str, str]]:
                      "fp16 needs a GPU (scaling.use_gpu); use bf16 on CPU")
     family = models.FAMILIES[spec.model_family]
     if spec.data.input_column is None:
-        spec.data.input_column = family.input_column
+        by_config = family.input_column_for
+        spec.data.input_column = by_config(spec.model, spec.preprocess) if by_config else family.input_column
     fmt = spec.data.format
     yield from check(fmt == "auto" or fmt in family.formats, "data.format",
                      f"model family '{spec.model_family}' reads {family.formats}, not {fmt!r}")

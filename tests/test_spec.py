@@ -37,7 +37,7 @@ def test_typo_names_the_path_and_the_closest_key():
     ("train", "precision", "fp8", "must be 'fp32' | 'bf16' | 'fp16', got 'fp8'"),
     ("train", "shuffle", "yes", "must be bool, got 'yes'"),
     ("data", "val_fraction", 1.5, "must be in [0, 1), got 1.5"),
-    ("data", "format", "xml", "must be 'auto' | 'parquet' | 'csv' | 'jsonl' | 'image_folder' | 'text', got 'xml'"),
+    ("data", "format", "xml", "must be 'auto' | 'parquet' | 'csv' | 'jsonl' | 'image_folder' | 'text' | 'audio_folder', got 'xml'"),
     ("scaling", "num_workers", 0, "must be >= 1 or 'auto', got 0"),
     ("scaling", "num_workers", "many", "must be 'auto' | int, got 'many'"),
     ("preprocess", "augment", ["rotate"], None),

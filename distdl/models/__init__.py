@@ -8,12 +8,12 @@ the objective/metrics/prediction columns in ``distdl.tasks``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 from torch import nn
 
-from distdl.models import cnn
-from distdl.preprocessors import image
+from distdl.models import cnn, rnn
+from distdl.preprocessors import image, sequence
 from distdl.specbase import from_dict, join
 
 
@@ -27,12 +27,18 @@ class Family(NamedTuple):
     fit: Callable[[Any, Any, Any, Any], Any]  # (raw train dataset, DataSpec, preprocess cfg, model cfg) -> preprocessor
     augmentations: Callable[[Any], list]  # preprocess cfg -> training-only map_batches steps
     task: Callable[[Any], str]  # model cfg -> a name in distdl.tasks.TASKS
+    # (model cfg, preprocess cfg) -> the default data.input_column, where it depends on them
+    input_column_for: Optional[Callable[[Any, Any], str]] = None
 
 
 FAMILIES: dict[str, Family] = {
     "cnn": Family(config=cnn.CNNConfig, preprocess=image.ImagePreprocessSpec, input_column="image",
                   formats=("parquet", "csv", "jsonl", "image_folder"), build=cnn.build, complete=cnn.complete,
                   fit=cnn.fit_preprocessor, augmentations=cnn.augmentations, task=cnn.task),
+    "rnn": Family(config=rnn.RNNConfig, preprocess=sequence.SequencePreprocessSpec, input_column="sequence",
+                  formats=("parquet", "csv", "jsonl", "text", "audio_folder"), build=rnn.build, complete=rnn.complete,
+                  fit=rnn.fit_preprocessor, augmentations=rnn.augmentations, task=rnn.task,
+                  input_column_for=rnn.input_column),
 }
 
 

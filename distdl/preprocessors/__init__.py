@@ -6,9 +6,13 @@ from typing import Any
 
 from distdl.preprocessors.base import BadInputError
 from distdl.preprocessors.image import ImagePreprocessor
+from distdl.preprocessors.sequence import SequencePreprocessor
+from distdl.preprocessors.text import CharPreprocessor
 
 KINDS: dict[str, type] = {
     "image": ImagePreprocessor,
+    "sequence": SequencePreprocessor,
+    "chars": CharPreprocessor,
 }
 
 

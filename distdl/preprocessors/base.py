@@ -59,3 +59,12 @@ def fit_classes(ds: Any, label_column: str) -> list[Any]:
 def require_column(ds: Any, column: str, role: str) -> None:
     if column not in ds.columns():
         raise BadInputError(f"{role} column '{column}' not in the data; columns: {ds.columns()}")
+
+
+def ragged(rows: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Variable-length rows -> {"x": object array of the rows, "lengths": int64 (N,)}; the
+    collate function pads "x" to the batch's longest row, models mask by "lengths"."""
+    x = np.empty(len(rows), dtype=object)
+    for i, row in enumerate(rows):  # one by one: numpy would stack rows of equal length
+        x[i] = row
+    return {"x": x, "lengths": np.array([len(r) for r in rows], dtype=np.int64)}

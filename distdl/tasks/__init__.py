@@ -18,9 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 from distdl.tasks.classification import Classification
+from distdl.tasks.language_model import LanguageModel
 
 TASKS: dict[str, type] = {
     "classification": Classification,
+    "language_model": LanguageModel,
 }
 
 

@@ -1,0 +1,105 @@
+"""Speech-style audio features in numpy (no torchaudio): wav bytes -> log-mel or MFCC frames.
+
+The recipe is the usual one for keyword spotting: mono, resampled to one rate, 25 ms Hann
+frames every 10 ms, power spectrum, triangular mel filters (HTK mel scale), log; MFCCs are
+the orthonormal DCT-II of the log-mel frames.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from math import gcd
+from typing import Iterator, Literal
+
+import numpy as np
+import scipy.fft
+import scipy.io.wavfile
+import scipy.signal
+
+from distdl.specbase import check
+
+LOG_FLOOR = 1e-6  # keeps log() finite on digital silence
+
+
+@dataclass
+class AudioSpec:
+    """The ``preprocess.audio`` section (rnn family, ``preprocess.input: audio``)."""
+    sample_rate: int = 16000  # every file is resampled to this rate
+    features: Literal["logmel", "mfcc"] = "logmel"
+    n_mels: int = 40  # mel filters
+    n_mfcc: int = 13  # mfcc only: cepstral coefficients kept (<= n_mels)
+    frame_ms: float = 25.0
+    hop_ms: float = 10.0
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from check(1000 <= self.sample_rate <= 192000, "sample_rate", f"must be in [1000, 192000], got {self.sample_rate}")
+        yield from check(self.n_mels >= 1, "n_mels", f"must be >= 1, got {self.n_mels}")
+        yield from check(1 <= self.n_mfcc <= self.n_mels, "n_mfcc", f"must be in [1, n_mels], got {self.n_mfcc}")
+        yield from check(self.frame_ms > 0, "frame_ms", f"must be > 0, got {self.frame_ms}")
+        yield from check(0 < self.hop_ms <= self.frame_ms, "hop_ms", f"must be in (0, frame_ms], got {self.hop_ms}")
+        yield from check(self.n_mels <= self.n_fft // 2, "n_mels",
+                         f"{self.n_mels} filters need a longer frame than {self.frame_ms} ms at {self.sample_rate} Hz")
+
+    @property
+    def frame_length(self) -> int:
+        return max(1, round(self.sample_rate * self.frame_ms / 1000))
+
+    @property
+    def hop_length(self) -> int:
+        return max(1, round(self.sample_rate * self.hop_ms / 1000))
+
+    @property
+    def n_fft(self) -> int:
+        return 1 << (self.frame_length - 1).bit_length()  # the next power of two
+
+    @property
+    def size(self) -> int:
+        """Features per frame."""
+        return self.n_mfcc if self.features == "mfcc" else self.n_mels
+
+
+def read_wav(data: bytes, sample_rate: int) -> np.ndarray:
+    """WAV bytes (PCM 8/16/24/32-bit or float, any channel count) -> mono float32 in [-1, 1]
+    at ``sample_rate``. Raises ValueError for anything that is not a readable WAV file."""
+    rate, samples = scipy.io.wavfile.read(io.BytesIO(data))
+    if samples.dtype == np.uint8:  # 8-bit WAV is unsigned, centred on 128
+        samples = (samples.astype(np.float32) - 128.0) / 128.0
+    elif np.issubdtype(samples.dtype, np.integer):  # 24-bit arrives left-justified in int32
+        samples = samples.astype(np.float32) / -float(np.iinfo(samples.dtype).min)
+    samples = samples.astype(np.float32)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1)  # (N, channels) -> mono
+    if rate != sample_rate:
+        g = gcd(rate, sample_rate)
+        samples = scipy.signal.resample_poly(samples, sample_rate // g, rate // g).astype(np.float32)
+    return samples
+
+
+def mel_filters(n_mels: int, n_fft: int, sample_rate: int) -> np.ndarray:
+    """Triangular filters (n_mels, n_fft // 2 + 1), evenly spaced on the HTK mel scale from 0 Hz to Nyquist."""
+    def to_mel(hz):
+        return 2595.0 * np.log10(1.0 + hz / 700.0)
+
+    def to_hz(mel):
+        return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+    edges = to_hz(np.linspace(0.0, to_mel(sample_rate / 2), n_mels + 2))  # (n_mels + 2,) Hz
+    bins = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)  # (n_fft // 2 + 1,) Hz
+    lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins - lower) / (center - lower)
+    falling = (upper - bins) / (upper - center)
+    return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+
+
+def features(samples: np.ndarray, spec: AudioSpec) -> np.ndarray:
+    """Mono samples (N,) -> float32 (frames, spec.size); a clip shorter than a frame gives one frame."""
+    frame, hop = spec.frame_length, spec.hop_length
+    if len(samples) < frame:
+        samples = np.pad(samples, (0, frame - len(samples)))
+    frames = np.lib.stride_tricks.sliding_window_view(samples, frame)[::hop]  # (T, frame)
+    spectrum = np.fft.rfft(frames * np.hanning(frame).astype(np.float32), n=spec.n_fft)  # (T, n_fft/2+1)
+    power = spectrum.real ** 2 + spectrum.imag ** 2
+    log_mel = np.log(power @ mel_filters(spec.n_mels, spec.n_fft, spec.sample_rate).T + LOG_FLOOR)  # (T, n_mels)
+    if spec.features == "mfcc":
+        return scipy.fft.dct(log_mel, type=2, axis=1, norm="ortho")[:, :spec.n_mfcc].astype(np.float32)
+    return log_mel.astype(np.float32)

@@ -1,0 +1,78 @@
+"""Language modelling: next-token cross-entropy, validation perplexity, sampled generation.
+
+Batches hold token windows "x" (B, L) and their true "lengths" (B,): position t predicts
+token t + 1, and positions past a window's length are masked out. The model is called as
+``model(x=...)`` -> logits (B, T, V) for training; generation uses its
+``step(x, state) -> (logits, state)`` so a prompt is read once and each new token costs one step.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+
+class LanguageModel:
+    metrics = ("val_perplexity", "val_loss", "train_loss")
+    default_best = "val_perplexity"
+    output_columns = ("generated",)
+    targets = ()  # the next tokens are the inputs shifted by one
+
+    def __init__(self, preprocessor: Any):
+        self.pre = preprocessor  # ids <-> text
+
+    def nll(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], reduction: str) -> tuple[torch.Tensor, int]:
+        """(negative log-likelihood of every next token, reduced; how many tokens were predicted)."""
+        x, lengths = batch["x"], batch["lengths"]  # (B, L), (B,)
+        logits = model(x=x[:, :-1]).float()  # (B, L-1, V)
+        predicted = torch.arange(x.shape[1] - 1, device=x.device)[None, :] < (lengths - 1)[:, None]  # (B, L-1)
+        return F.cross_entropy(logits[predicted], x[:, 1:][predicted], reduction=reduction), int(predicted.sum())
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Mean over predicted tokens; 'rows' are tokens, so train_loss and samples_per_s count tokens."""
+        return self.nll(model, batch, "mean")
+
+    def eval_sums(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        total, tokens = self.nll(model, batch, "sum")
+        return {"nll": total.item(), "tokens": float(tokens)}
+
+    def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        loss = sums.get("nll", 0.0) / max(sums.get("tokens", 0.0), 1.0)
+        return {"val_loss": loss, "val_perplexity": math.exp(loss)}
+
+    def predict(self, model: torch.nn.Module, features: dict[str, torch.Tensor], max_new_tokens: int = 200,
+                temperature: float = 1.0, top_k: Optional[int] = None, seed: int = 0) -> dict[str, list]:
+        """The text generated after each prompt. Rows are generated one by one, each from a
+        generator seeded with ``seed``, so a row's text never depends on its batch."""
+        if max_new_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 1):
+            raise ValueError(f"generation needs max_new_tokens >= 0, temperature >= 0 and top_k >= 1; "
+                             f"got {max_new_tokens}, {temperature}, {top_k}")
+        out = []
+        for prompt, length in zip(features["x"], features["lengths"].tolist()):
+            generator = torch.Generator().manual_seed(seed)
+            ids = generate(model, prompt[:length], max_new_tokens, temperature, top_k, generator)
+            out.append(self.pre.text(ids))
+        return {"generated": out}
+
+
+@torch.inference_mode()
+def generate(model: torch.nn.Module, prompt: torch.Tensor, max_new_tokens: int, temperature: float,
+             top_k: Optional[int], generator: torch.Generator) -> list[int]:
+    """Sample ``max_new_tokens`` ids after ``prompt`` (T,); temperature 0 is greedy, top_k keeps
+    the k most likely tokens before sampling."""
+    logits, state = model.step(prompt[None, :], None)  # (1, T, V)
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        last = logits[0, -1].float().cpu()  # (V,)
+        if temperature == 0:
+            token = int(last.argmax())
+        else:
+            last = last / temperature
+            if top_k is not None and top_k < len(last):
+                last = last.masked_fill(last < last.topk(top_k).values[-1], float("-inf"))
+            token = int(torch.multinomial(torch.softmax(last, dim=0), 1, generator=generator))
+        new.append(token)
+        logits, state = model.step(torch.tensor([[token]], device=prompt.device), state)
+    return new

@@ -14,6 +14,7 @@ EPILOG = """examples:
   distdl train jobs/cnn_digits.yaml --set train.lr=0.01 --set scaling.num_workers=1
   distdl train jobs/cnn_digits.yaml --address auto        # an already running Ray cluster
   distdl score --checkpoint runs/cnn_digits/best --input data/unlabeled/ --output out/scores/
+  distdl import path/to/hf-model-folder --output runs/minilm   # sentence embeddings, no training
 """
 
 
@@ -64,8 +65,21 @@ def parser() -> argparse.ArgumentParser:
     _spec_args(validate)
     validate.add_argument("--print", action="store_true", help="print the resolved spec with every default")
 
-    demo = sub.add_parser("demo-data", help="write the digits demo data set (parquet + image folder)")
-    demo.add_argument("out", nargs="?", default="data/digits", help="output folder (default: data/digits)")
+    demo = sub.add_parser("demo-data", help="write a demo data set: digits (parquet + image folder) or text")
+    demo.add_argument("out", nargs="?", default=None, help="output folder (default: data/<kind>)")
+    demo.add_argument("--kind", choices=["digits", "text"], default="digits",
+                      help="digits: scikit-learn's handwritten digits; text: synthetic 4-topic sentences")
+
+    imp = sub.add_parser("import", help="turn a local Hugging Face model folder into a sentence-embedding checkpoint",
+                         description="Mean-pooled sentence embeddings need no training: write the folder's "
+                         "encoder and tokenizer as a distdl checkpoint for `distdl score` (no data, no Ray).")
+    imp.add_argument("model_dir", help="local folder with config.json, *.safetensors and tokenizer files")
+    imp.add_argument("--output", required=True, help="checkpoint folder to write, e.g. runs/minilm")
+    imp.add_argument("--max-length", type=int, default=128, help="tokens per text, [CLS]/[SEP] included")
+    imp.add_argument("--refuse-long", action="store_true",
+                     help="a text over --max-length tokens becomes a bad row (default: truncate it)")
+    imp.add_argument("--no-normalize", action="store_true", help="keep the raw mean-pooled vectors (no L2 norm)")
+    imp.add_argument("--input-column", default="text", help="the text column in data to score (default: text)")
     return p
 
 
@@ -103,14 +117,24 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    from distdl.demo_data import write_digits
+    from distdl.demo_data import write_digits, write_text
 
-    paths = write_digits(Path(args.out))
+    writer = {"digits": write_digits, "text": write_text}[args.kind]
+    paths = writer(Path(args.out or f"data/{args.kind}"))
     print("\n".join(f"{name}: {path}" for name, path in paths.items()))
     return 0
 
 
-COMMANDS = {"train": _train, "score": _score, "validate": _validate, "demo-data": _demo_data}
+def _import(args: argparse.Namespace) -> int:
+    from distdl.importer import import_embedding
+
+    path = import_embedding(args.model_dir, args.output, args.max_length, truncate=not args.refuse_long,
+                            normalize=not args.no_normalize, input_column=args.input_column)
+    print(f"checkpoint: {path}\nscore it:   distdl score --checkpoint {path} --input DATA --output OUT")
+    return 0
+
+
+COMMANDS = {"train": _train, "score": _score, "validate": _validate, "demo-data": _demo_data, "import": _import}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,18 +2,19 @@
 
 The path is the same for every family: the spec's ``model`` and ``preprocess`` sections are
 parsed into the family's dataclasses, ``fit`` fits its preprocessor on the driver, ``complete``
-fills config fields taken from the data, ``build`` makes the nn.Module, and ``task`` names
+fills config fields taken from the data, ``build`` makes the nn.Module, ``init_weights`` loads
+a fresh run's starting weights (optional; e.g. a pretrained folder), and ``task`` names
 the objective/metrics/prediction columns in ``distdl.tasks``.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 from torch import nn
 
-from distdl.models import cnn
-from distdl.preprocessors import image
+from distdl.models import cnn, transformer
+from distdl.preprocessors import image, text
 from distdl.specbase import from_dict, join
 
 
@@ -27,12 +28,19 @@ class Family(NamedTuple):
     fit: Callable[[Any, Any, Any, Any], Any]  # (raw train dataset, DataSpec, preprocess cfg, model cfg) -> preprocessor
     augmentations: Callable[[Any], list]  # preprocess cfg -> training-only map_batches steps
     task: Callable[[Any], str]  # model cfg -> a name in distdl.tasks.TASKS
+    # (model, config) -> None: starting weights for a fresh run (e.g. a local pretrained folder);
+    # never called on resume or when a checkpoint is loaded. None: the seeded random init.
+    init_weights: Optional[Callable[[nn.Module, Any], None]] = None
 
 
 FAMILIES: dict[str, Family] = {
     "cnn": Family(config=cnn.CNNConfig, preprocess=image.ImagePreprocessSpec, input_column="image",
                   formats=("parquet", "csv", "jsonl", "image_folder"), build=cnn.build, complete=cnn.complete,
                   fit=cnn.fit_preprocessor, augmentations=cnn.augmentations, task=cnn.task),
+    "transformer": Family(config=transformer.TransformerConfig, preprocess=text.TextPreprocessSpec, input_column="text",
+                          formats=("parquet", "csv", "jsonl"), build=transformer.build, complete=transformer.complete,
+                          fit=transformer.fit_preprocessor, augmentations=transformer.augmentations,
+                          task=transformer.task, init_weights=transformer.load_pretrained),
 }
 
 
@@ -55,6 +63,13 @@ def config_from_args(family: str, args: dict) -> Any:
 
 def build_model(family: str, cfg: Any) -> nn.Module:
     return FAMILIES[family].build(cfg)
+
+
+def init_weights(family: str, model: nn.Module, cfg: Any) -> None:
+    """A fresh run's starting weights: the family's own (e.g. pretrained), else leave the random init."""
+    hook = FAMILIES[family].init_weights
+    if hook is not None:
+        hook(model, cfg)
 
 
 def complete_config(family: str, cfg: Any, preprocessor: Any) -> Any:

@@ -6,9 +6,11 @@ from typing import Any
 
 from distdl.preprocessors.base import BadInputError
 from distdl.preprocessors.image import ImagePreprocessor
+from distdl.preprocessors.text import TextPreprocessor
 
 KINDS: dict[str, type] = {
     "image": ImagePreprocessor,
+    "text": TextPreprocessor,
 }
 
 

@@ -16,12 +16,13 @@ EPILOG = """examples:
   distdl train jobs/cnn_digits.yaml --address auto        # an already running Ray cluster
   distdl score --checkpoint runs/cnn_digits/best --input data/unlabeled/ --output out/scores/
   distdl generate --checkpoint runs/rnn_lm/best --prompt "the cat" --temperature 0.8 --seed 1
+  distdl import path/to/hf-model-folder --output runs/minilm   # sentence embeddings, no training
   distdl serve --checkpoint runs/cnn_digits/best --port 8080
   distdl serve --checkpoint runs/cnn_digits/best --export serve_config.yaml   # for serve deploy / KubeRay
   distdl submit jobs/cnn_digits.yaml --address http://HEAD:8265 --follow   # a Ray job on a cluster
   distdl k8s render train jobs/x.yaml --image REGISTRY/distdl:0.1.0 --set storage=s3://BUCKET/runs
 """
-DEMO_KINDS = ("digits", "sequences", "text", "speech")  # demo_data.WRITERS (imported only when used)
+DEMO_KINDS = ("digits", "sequences", "text", "speech", "topics")  # demo_data.WRITERS (imported only when used)
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
@@ -97,11 +98,24 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--prompt", required=True, help="text to continue")
     _generation_args(generate)
 
-    demo = sub.add_parser("demo-data", help="write a demo data set: digits (default), sequences, text or speech")
+    demo = sub.add_parser("demo-data", help="write a demo data set: digits (default), sequences, text, speech "
+                          "or topics")
     demo.add_argument("out", nargs="?", default=None, help="output folder (default: data/<kind>)")
     demo.add_argument("--kind", choices=DEMO_KINDS, default="digits",
                       help="digits: images; sequences: variable-length waveforms; text: sentences for a "
-                      "language model; speech: wav clips in class folders")
+                      "language model; speech: wav clips in class folders; topics: 4-topic sentences "
+                      "for text classification")
+
+    imp = sub.add_parser("import", help="turn a local Hugging Face model folder into a sentence-embedding checkpoint",
+                         description="Mean-pooled sentence embeddings need no training: write the folder's "
+                         "encoder and tokenizer as a distdl checkpoint for `distdl score` (no data, no Ray).")
+    imp.add_argument("model_dir", help="local folder with config.json, *.safetensors and tokenizer files")
+    imp.add_argument("--output", required=True, help="checkpoint folder to write, e.g. runs/minilm")
+    imp.add_argument("--max-length", type=int, default=128, help="tokens per text, [CLS]/[SEP] included")
+    imp.add_argument("--refuse-long", action="store_true",
+                     help="a text over --max-length tokens becomes a bad row (default: truncate it)")
+    imp.add_argument("--no-normalize", action="store_true", help="keep the raw mean-pooled vectors (no L2 norm)")
+    imp.add_argument("--input-column", default="text", help="the text column in data to score (default: text)")
     return p
 
 
@@ -202,8 +216,17 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from distdl.importer import import_embedding
+
+    path = import_embedding(args.model_dir, args.output, args.max_length, truncate=not args.refuse_long,
+                            normalize=not args.no_normalize, input_column=args.input_column)
+    print(f"checkpoint: {path}\nscore it:   distdl score --checkpoint {path} --input DATA --output OUT")
+    return 0
+
+
 COMMANDS = {"train": _train, "score": _score, "serve": _serve, "validate": _validate, "generate": _generate,
-            "demo-data": _demo_data, **clustercli.COMMANDS}
+            "import": _import, "demo-data": _demo_data, **clustercli.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

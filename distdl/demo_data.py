@@ -4,7 +4,8 @@
   parquet (PNG bytes), as an image folder, and as held-back rows;
 * sequences: noisy waveforms of 4 shapes and variable length (rnn classification);
 * text: sentences from a small grammar, one per line, and prompts (rnn language model);
-* speech: wav clips of synthesized tones and chirps in class folders (rnn on audio features).
+* speech: wav clips of synthesized tones and chirps in class folders (rnn on audio features);
+* topics: short synthetic sentences about one of four topics (transformer text classification).
 """
 from __future__ import annotations
 
@@ -127,6 +128,47 @@ def write_speech(out: Path, per_class: int = 60, holdout: int = 10, rate: int = 
     return {"train": out / "train", "holdout": out / "holdout"}
 
 
+# Each sentence draws a few words of its topic, maybe one word of another topic, and fillers.
+TOPICS = {
+    "sports": "match team goal coach score league player season stadium referee tournament striker victory "
+              "defeat championship keeper penalty fans".split(),
+    "food": "recipe bake flavor kitchen dinner spicy sauce chef oven bread salad dessert delicious lunch soup "
+            "garlic noodles breakfast".split(),
+    "tech": "software laptop server code network chip update app battery cloud robot data screen algorithm "
+            "startup browser keyboard wireless".split(),
+    "weather": "rain storm sunny forecast cloudy wind snow temperature humid thunder fog breeze frost drizzle "
+               "heatwave umbrella showers icy".split(),
+}
+FILLERS = ("the a this that today yesterday really very quite we they people everyone said think about new old "
+           "big small good bad after before during week morning night city local again still just our my").split()
+
+
+def sentence(rng: np.random.Generator, topic: str) -> str:
+    words = list(rng.choice(TOPICS[topic], size=rng.integers(2, 5)))
+    if rng.random() < 0.5:  # one off-topic word, so a single word never decides
+        other = rng.choice([t for t in TOPICS if t != topic])
+        words.append(rng.choice(TOPICS[other]))
+    words += list(rng.choice(FILLERS, size=rng.integers(4, 10)))
+    rng.shuffle(words)
+    return " ".join(words).capitalize() + "."
+
+
+def write_topics(out: Path, rows: int = 2000, holdout_fraction: float = 0.1, seed: int = 0) -> dict[str, Path]:
+    """Write train.parquet and holdout.parquet (columns id, text, label) under ``out``."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(sorted(TOPICS), size=rows)
+    texts = [sentence(rng, topic) for topic in labels]
+    n_hold = int(rows * holdout_fraction)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in (("holdout", slice(0, n_hold)), ("train", slice(n_hold, rows))):
+        ids = np.arange(rows)[part]
+        table = pa.table({"id": pa.array(ids, pa.int64()), "text": pa.array(texts[part], pa.string()),
+                          "label": pa.array(labels[part].tolist(), pa.string())})
+        pq.write_table(table, out / f"{name}.parquet")
+    return {"train": out / "train.parquet", "holdout": out / "holdout.parquet"}
+
+
 WRITERS: dict[str, Callable[[Path], dict[str, Path]]] = {
     "digits": write_digits, "sequences": write_sequences, "text": write_text, "speech": write_speech,
+    "topics": write_topics,
 }

@@ -161,6 +161,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state, optimizer_state = checkpoint.load_train_state(resume_from)
         if rank == 0:
             say(f"resuming from {resume_from} (epoch {state['epoch']} done)")
+    else:
+        models.init_weights(family, model, model_cfg)  # e.g. a pretrained folder's weights
     model = ray.train.torch.prepare_model(model)
     optimizer = make_optimizer(model.parameters(), train)
     if optimizer_state:

@@ -235,7 +235,11 @@ def _cross_checks(spec: JobSpec) -> Iterator[tuple[str, str]]:
     fmt = spec.data.format
     yield from check(fmt == "auto" or fmt in family.formats, "data.format",
                      f"model family '{spec.model_family}' reads {family.formats}, not {fmt!r}")
-    yield from spec.checkpoint.resolve(tasks.TASKS[family.task(spec.model)])
+    task = family.task(spec.model)
+    if not tasks.TASKS[task].metrics:  # e.g. embeddings: no loss, nothing to train
+        yield "model", f"the '{task}' task needs no training: turn the model into a checkpoint with `distdl import`"
+        return
+    yield from spec.checkpoint.resolve(tasks.TASKS[task])
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -2,7 +2,8 @@
 
 The path is the same for every family: the spec's ``model`` and ``preprocess`` sections are
 parsed into the family's dataclasses, ``fit`` fits its preprocessor on the driver, ``complete``
-fills config fields taken from the data, ``build`` makes the nn.Module, and ``task`` names
+fills config fields taken from the data, ``build`` makes the nn.Module, ``init_weights`` loads
+a fresh run's starting weights (optional; e.g. a pretrained folder), and ``task`` names
 the objective/metrics/prediction columns in ``distdl.tasks``.
 """
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from torch import nn
 
-from distdl.models import cnn, rnn
-from distdl.preprocessors import image, sequence
+from distdl.models import cnn, rnn, transformer
+from distdl.preprocessors import image, sequence, tokenized
 from distdl.specbase import from_dict, join
 
 
@@ -29,6 +30,9 @@ class Family(NamedTuple):
     task: Callable[[Any], str]  # model cfg -> a name in distdl.tasks.TASKS
     # (model cfg, preprocess cfg) -> the default data.input_column, where it depends on them
     input_column_for: Optional[Callable[[Any, Any], str]] = None
+    # (model, config) -> None: starting weights for a fresh run (e.g. a local pretrained folder);
+    # never called on resume or when a checkpoint is loaded. None: the seeded random init.
+    init_weights: Optional[Callable[[nn.Module, Any], None]] = None
 
 
 FAMILIES: dict[str, Family] = {
@@ -39,6 +43,10 @@ FAMILIES: dict[str, Family] = {
                   formats=("parquet", "csv", "jsonl", "text", "audio_folder"), build=rnn.build, complete=rnn.complete,
                   fit=rnn.fit_preprocessor, augmentations=rnn.augmentations, task=rnn.task,
                   input_column_for=rnn.input_column),
+    "transformer": Family(config=transformer.TransformerConfig, preprocess=tokenized.TextPreprocessSpec, input_column="text",
+                          formats=("parquet", "csv", "jsonl"), build=transformer.build, complete=transformer.complete,
+                          fit=transformer.fit_preprocessor, augmentations=transformer.augmentations,
+                          task=transformer.task, init_weights=transformer.load_pretrained),
 }
 
 
@@ -61,6 +69,13 @@ def config_from_args(family: str, args: dict) -> Any:
 
 def build_model(family: str, cfg: Any) -> nn.Module:
     return FAMILIES[family].build(cfg)
+
+
+def init_weights(family: str, model: nn.Module, cfg: Any) -> None:
+    """A fresh run's starting weights: the family's own (e.g. pretrained), else leave the random init."""
+    hook = FAMILIES[family].init_weights
+    if hook is not None:
+        hook(model, cfg)
 
 
 def complete_config(family: str, cfg: Any, preprocessor: Any) -> Any:

@@ -8,11 +8,13 @@ from distdl.preprocessors.base import BadInputError
 from distdl.preprocessors.image import ImagePreprocessor
 from distdl.preprocessors.sequence import SequencePreprocessor
 from distdl.preprocessors.text import CharPreprocessor
+from distdl.preprocessors.tokenized import TextPreprocessor
 
 KINDS: dict[str, type] = {
     "image": ImagePreprocessor,
     "sequence": SequencePreprocessor,
     "chars": CharPreprocessor,
+    "text": TextPreprocessor,
 }
 
 

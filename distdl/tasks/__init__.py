@@ -10,6 +10,9 @@ preprocessor and provides, for the worker loop (loop.py) and the Predictor (pred
     eval_metrics(sums)             -> {metric: value} from the group-wide sums
     predict(model, features, **o)  -> {column: list per row} for the decoded, good rows
 
+A task that needs no training (embedding) has no metrics and provides only ``predict``;
+spec validation refuses to train it.
+
 Batches are dicts of tensors from ``collate.Collate``; the keys in ``targets`` are labels,
 every other key is passed to ``model(**inputs)``.
 """
@@ -18,10 +21,12 @@ from __future__ import annotations
 from typing import Any
 
 from distdl.tasks.classification import Classification
+from distdl.tasks.embedding import Embedding
 from distdl.tasks.language_model import LanguageModel
 
 TASKS: dict[str, type] = {
     "classification": Classification,
+    "embedding": Embedding,
     "language_model": LanguageModel,
 }
 

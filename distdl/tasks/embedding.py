@@ -1,0 +1,25 @@
+"""Sentence embeddings: a model that needs no training; its prediction is one vector per row.
+
+It reports no metrics and has no loss, so a job spec cannot train it (spec.py refuses a task
+without metrics); ``distdl import`` turns a local model folder into its checkpoint instead.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class Embedding:
+    metrics: tuple[str, ...] = ()
+    default_best = None
+    output_columns = ("embedding",)
+    targets: tuple[str, ...] = ()
+
+    def __init__(self, preprocessor: Any):
+        pass  # nothing to take from the preprocessor: no classes, no targets
+
+    def predict(self, model: torch.nn.Module, features: dict[str, torch.Tensor]) -> dict[str, list]:
+        """One float vector (list of H floats) per row."""
+        vectors = model(**features).float()  # (G, H)
+        return {"embedding": vectors.cpu().numpy().tolist()}

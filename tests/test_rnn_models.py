@@ -15,7 +15,7 @@ from distdl.preprocessors.sequence import SequencePreprocessor
 from distdl.preprocessors.text import UNKNOWN, CharPreprocessor
 from distdl.spec import SpecError, TrainSpec, to_dict
 from distdl.tasks.classification import Classification
-from distdl.tasks.language_model import LanguageModel
+from distdl.tasks.language_model import LanguageModel, row_seed
 
 CLASSIFIERS = {
     "lstm": RNNConfig(arch="lstm", hidden_size=12, pool="last"),
@@ -122,6 +122,9 @@ def test_generation_is_deterministic_with_a_seed_and_independent_of_the_batch(ch
     assert first == generate(model, chars, ["the cat", "a dog sees the"], max_new_tokens=30, seed=7)
     assert generate(model, chars, ["a dog sees the"], max_new_tokens=30, seed=7) == first[1:]
     assert generate(model, chars, ["the cat"], max_new_tokens=30, seed=8) != first[:1]
+    # each prompt draws its own random numbers (a trained model would otherwise continue
+    # "the cat" and "a dog" identically: both are followed by the same grammar)
+    assert row_seed(7, [3, 4]) != row_seed(7, [3, 5]) and row_seed(7, [3, 4]) == row_seed(7, [3, 4])
     assert all(len(text) == 30 and set(text) <= set(chars.vocab) for text in first)
 
 

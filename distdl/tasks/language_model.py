@@ -7,6 +7,8 @@ token t + 1, and positions past a window's length are masked out. The model is c
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from typing import Any, Optional
 
@@ -45,16 +47,24 @@ class LanguageModel:
     def predict(self, model: torch.nn.Module, features: dict[str, torch.Tensor], max_new_tokens: int = 200,
                 temperature: float = 1.0, top_k: Optional[int] = None, seed: int = 0) -> dict[str, list]:
         """The text generated after each prompt. Rows are generated one by one, each from a
-        generator seeded with ``seed``, so a row's text never depends on its batch."""
+        generator seeded by ``seed`` and the prompt itself: a row's text never depends on its
+        batch, and different prompts do not share one stream of random draws."""
         if max_new_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 1):
             raise ValueError(f"generation needs max_new_tokens >= 0, temperature >= 0 and top_k >= 1; "
                              f"got {max_new_tokens}, {temperature}, {top_k}")
         out = []
         for prompt, length in zip(features["x"], features["lengths"].tolist()):
-            generator = torch.Generator().manual_seed(seed)
-            ids = generate(model, prompt[:length], max_new_tokens, temperature, top_k, generator)
+            ids = prompt[:length]
+            generator = torch.Generator().manual_seed(row_seed(seed, ids.tolist()))
+            ids = generate(model, ids, max_new_tokens, temperature, top_k, generator)
             out.append(self.pre.text(ids))
         return {"generated": out}
+
+
+def row_seed(seed: int, prompt: list[int]) -> int:
+    """A 63-bit seed from the user's seed and the prompt's ids (stable across processes)."""
+    digest = hashlib.blake2b(json.dumps([seed, prompt]).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 @torch.inference_mode()

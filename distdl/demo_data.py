@@ -2,20 +2,14 @@
 written as parquet (PNG bytes), as an image folder, and as held-back unlabeled rows."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 from sklearn.datasets import load_digits
 
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
+from distdl.preprocessors.image import png_bytes
 
 
 def write_digits(out: Path, holdout_fraction: float = 0.1, seed: int = 0) -> dict[str, Path]:

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Literal, Optional, Union
 import yaml
 
 from distdl import models, tasks
-from distdl.paths import is_uri
+from distdl.paths import exists, is_uri
 from distdl.specbase import SpecError, check, from_dict, join, to_dict, unknown_key
 
 Auto = Literal["auto"]
@@ -90,7 +90,7 @@ class CheckpointSpec:
     every_n_epochs: int = 1
     keep: int = 2  # newest checkpoints kept under checkpoints/ (the best is kept apart, in best/)
     best_metric: str = "auto"  # auto: the task's own (val_accuracy for classification)
-    best_mode: Union[Auto, Literal["max", "min"]] = "auto"  # auto: min for *loss* / *perplexity*, else max
+    best_mode: Union[Auto, Literal["max", "min"]] = "auto"  # auto: min for *loss* / *perplexity* / the task's minimized, else max
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from check(self.every_n_epochs >= 1, "every_n_epochs", f"must be >= 1, got {self.every_n_epochs}")
@@ -103,7 +103,9 @@ class CheckpointSpec:
         yield from check(self.best_metric in task.metrics, "checkpoint.best_metric",
                          f"must be one of {task.metrics} for this model, got {self.best_metric!r}")
         if self.best_mode == "auto":
-            self.best_mode = "min" if "loss" in self.best_metric or "perplexity" in self.best_metric else "max"
+            lower = ("loss" in self.best_metric or "perplexity" in self.best_metric
+                     or self.best_metric in getattr(task, "minimized", ()))
+            self.best_mode = "min" if lower else "max"
 
 
 @dataclass
@@ -215,15 +217,26 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def resolve_paths(raw: dict, base: Path) -> dict:
-    """Make local data/storage paths absolute: Ray workers run in another working directory."""
+    """Make local data/storage/model-file paths absolute: Ray workers run in another working directory."""
     def absolute(p: Any) -> Any:
         return p if not isinstance(p, str) or is_uri(p) else str((base / p).resolve())
 
     data = raw.get("data")
     if isinstance(data, dict):
         raw["data"] = {**data, **{k: absolute(data[k]) for k in ("train", "val") if k in data}}
+    model = raw.get("model")
+    if isinstance(model, dict) and model.get("family", "cnn") in models.FAMILIES:
+        fields = models.FAMILIES[model.get("family", "cnn")].paths
+        raw["model"] = {**model, **{k: absolute(model[k]) for k in fields if k in model}}
     raw["storage"] = absolute(raw.get("storage", "runs"))
     return raw
+
+
+def missing_paths(spec: JobSpec) -> list[tuple[str, str]]:
+    """Problems for model-file fields (models.FAMILIES paths) that name nothing, found before Ray starts."""
+    fields = models.FAMILIES[spec.model_family].paths
+    return [(f"model.{name}", f"not found: {getattr(spec.model, name)}")
+            for name in fields if not exists(getattr(spec.model, name))]
 
 
 def load(path: str | os.PathLike, overrides: list[str] = ()) -> JobSpec:

@@ -12,7 +12,7 @@ from typing import Any, Callable, NamedTuple
 
 from torch import nn
 
-from distdl.models import cnn
+from distdl.models import cnn, gan
 from distdl.preprocessors import image
 from distdl.specbase import from_dict, join
 
@@ -27,12 +27,16 @@ class Family(NamedTuple):
     fit: Callable[[Any, Any, Any, Any], Any]  # (raw train dataset, DataSpec, preprocess cfg, model cfg) -> preprocessor
     augmentations: Callable[[Any], list]  # preprocess cfg -> training-only map_batches steps
     task: Callable[[Any], str]  # model cfg -> a name in distdl.tasks.TASKS
+    paths: tuple[str, ...] = ()  # config fields naming files: made absolute, checked before Ray starts
 
 
 FAMILIES: dict[str, Family] = {
     "cnn": Family(config=cnn.CNNConfig, preprocess=image.ImagePreprocessSpec, input_column="image",
                   formats=("parquet", "csv", "jsonl", "image_folder"), build=cnn.build, complete=cnn.complete,
                   fit=cnn.fit_preprocessor, augmentations=cnn.augmentations, task=cnn.task),
+    "gan": Family(config=gan.GANConfig, preprocess=gan.GANPreprocessSpec, input_column="image",
+                  formats=("parquet", "csv", "jsonl", "image_folder"), build=gan.build, complete=gan.complete,
+                  fit=gan.fit_preprocessor, augmentations=gan.augmentations, task=gan.task, paths=("classifier",)),
 }
 
 
@@ -51,6 +55,11 @@ def config_from_args(family: str, args: dict) -> Any:
     if problems:
         raise ValueError(f"checkpoint model.json does not match this distdl version: {problems}")
     return cfg
+
+
+def task_name(meta: dict) -> str:
+    """The task (distdl.tasks.TASKS) of a checkpoint's model.json ({"family", "args"})."""
+    return FAMILIES[meta["family"]].task(config_from_args(meta["family"], meta["args"]))
 
 
 def build_model(family: str, cfg: Any) -> nn.Module:

@@ -14,6 +14,7 @@ EPILOG = """examples:
   distdl train jobs/cnn_digits.yaml --set train.lr=0.01 --set scaling.num_workers=1
   distdl train jobs/cnn_digits.yaml --address auto        # an already running Ray cluster
   distdl score --checkpoint runs/cnn_digits/best --input data/unlabeled/ --output out/scores/
+  distdl score --checkpoint runs/gan_digits/best --generate 10000 --seed 1 --output out/samples/
 """
 
 
@@ -43,7 +44,12 @@ def parser() -> argparse.ArgumentParser:
                            description="Run the checkpoint's model over every row in a Ray Data actor pool. "
                            "Re-running with the same --output resumes; bad rows get an 'error' message.")
     score.add_argument("--checkpoint", required=True, help="checkpoint folder, e.g. runs/cnn_digits/best")
-    score.add_argument("--input", required=True, help="parquet/csv/jsonl file or folder, image folder, or URI")
+    rows = score.add_mutually_exclusive_group(required=True)
+    rows.add_argument("--input", help="parquet/csv/jsonl file or folder, image folder, or URI")
+    rows.add_argument("--generate", type=int, metavar="N",
+                      help="generative checkpoints (gan): N images for ids 0..N-1, as PNG bytes in column 'image'")
+    score.add_argument("--seed", type=int, default=0,
+                       help="--generate: with the row id, seeds each image's latent (same seed, same images)")
     score.add_argument("--output", required=True, help="output folder (parquet files + manifest)")
     score.add_argument("--format", default="auto", help="input format (default: from the path)")
     score.add_argument("--id-column", default=None,
@@ -71,6 +77,9 @@ def parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     spec = specmod.load(args.spec, args.overrides)
+    missing = specmod.missing_paths(spec)  # e.g. a gan's model.classifier, before Ray starts
+    if missing:
+        raise specmod.SpecError(missing)
     if args.fresh and not is_uri(spec.run_dir) and Path(spec.run_dir).exists():
         print(f"[distdl] --fresh: removing {spec.run_dir}")
         shutil.rmtree(spec.run_dir)
@@ -87,12 +96,19 @@ def _train(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from distdl import data, runtime, score
 
-    data.infer_format(args.input)  # a missing path fails here, before Ray starts
+    if args.input:
+        data.infer_format(args.input)  # a missing path fails here, before Ray starts
+    else:
+        score.check_generative(args.checkpoint, args.generate, args.seed)
     runtime.connect(args.address)
     resources = score.Resources(args.batch_size, args.min_actors, args.max_actors, args.cpus, args.gpus)
-    options = {"top_k": args.top_k} if args.top_k is not None else {}
-    print(score.score(args.checkpoint, args.input, args.output, resources, args.format, args.id_column,
-                      args.overwrite, options).describe())
+    if args.generate is not None:
+        summary = score.generate(args.checkpoint, args.generate, args.output, resources, args.seed, args.overwrite)
+    else:
+        options = {"top_k": args.top_k} if args.top_k is not None else {}
+        summary = score.score(args.checkpoint, args.input, args.output, resources, args.format, args.id_column,
+                              args.overwrite, options)
+    print(summary.describe())
     return 0
 
 

@@ -77,9 +77,9 @@ def parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     spec = specmod.load(args.spec, args.overrides)
-    missing = specmod.missing_paths(spec)  # e.g. a gan's model.classifier, before Ray starts
-    if missing:
-        raise specmod.SpecError(missing)
+    problems = specmod.path_problems(spec)  # e.g. a gan's model.classifier, before Ray starts
+    if problems:
+        raise specmod.SpecError(problems)
     if args.fresh and not is_uri(spec.run_dir) and Path(spec.run_dir).exists():
         print(f"[distdl] --fresh: removing {spec.run_dir}")
         shutil.rmtree(spec.run_dir)

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Literal, Optional, Union
 
 import yaml
 
-from distdl import models, tasks
+from distdl import checkpoint, models, tasks
 from distdl.paths import exists, is_uri
 from distdl.specbase import SpecError, check, from_dict, join, to_dict, unknown_key
 
@@ -232,11 +232,18 @@ def resolve_paths(raw: dict, base: Path) -> dict:
     return raw
 
 
-def missing_paths(spec: JobSpec) -> list[tuple[str, str]]:
-    """Problems for model-file fields (models.FAMILIES paths) that name nothing, found before Ray starts."""
-    fields = models.FAMILIES[spec.model_family].paths
-    return [(f"model.{name}", f"not found: {getattr(spec.model, name)}")
-            for name in fields if not exists(getattr(spec.model, name))]
+def path_problems(spec: JobSpec) -> list[tuple[str, str]]:
+    """Model fields naming files (models.FAMILIES paths) that name nothing usable; checked before
+    Ray starts, as a missing data path is."""
+    found = []
+    for name, kind in models.FAMILIES[spec.model_family].paths.items():
+        value = getattr(spec.model, name)
+        if not exists(value):
+            found.append((f"model.{name}", f"not found: {value}"))
+        elif kind == "checkpoint" and not checkpoint.is_complete(value):
+            found.append((f"model.{name}", f"{value} is not a complete distdl checkpoint (no "
+                                           f"{checkpoint.MARKER} marker: has its training finished?)"))
+    return found
 
 
 def load(path: str | os.PathLike, overrides: list[str] = ()) -> JobSpec:

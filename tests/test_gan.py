@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
-from distdl import checkpoint, loop, models
+from distdl import checkpoint, cli, loop, models
 from distdl import spec as specmod
 from distdl.models.cnn import CNNConfig
 from distdl.models.gan import GANConfig, latents
@@ -113,7 +113,20 @@ def test_the_spec_names_bad_gan_fields_and_picks_fid_as_best(tmp_path, monkeypat
     (tmp_path / "job.yaml").write_text(f"name: g\ndata: {{train: d.parquet}}\nmodel: {{family: gan, classifier: c/best}}\n")
     spec = specmod.load(tmp_path / "job.yaml")
     assert spec.model.classifier == str(tmp_path / "c/best")
-    assert specmod.missing_paths(spec) == [("model.classifier", f"not found: {tmp_path / 'c/best'}")]
+    assert specmod.path_problems(spec) == [("model.classifier", f"not found: {tmp_path / 'c/best'}")]
+    (tmp_path / "c/best").mkdir(parents=True)  # e.g. its training is still running
+    assert "is not a complete distdl checkpoint" in specmod.path_problems(spec)[0][1]
+
+
+def test_the_cli_refuses_a_missing_classifier_and_generate_from_a_classifier(judge_path, tmp_path, capsys):
+    """Both are caught before Ray starts (a missing file names its spec field)."""
+    job = tmp_path / "gan.yaml"
+    missing = tmp_path / "no_such_checkpoint"
+    job.write_text(f"name: g\ndata: {{train: {tmp_path}/d.parquet}}\nmodel: {{family: gan, classifier: {missing}}}\n")
+    assert cli.main(["train", str(job)]) == 2
+    assert f"model.classifier: not found: {missing}" in capsys.readouterr().err
+    assert cli.main(["score", "--checkpoint", judge_path, "--generate", "5", "--output", str(tmp_path / "o")]) == 1
+    assert "is a cnn model, which scores data (--input); --generate needs a generative model" in capsys.readouterr().err
 
 
 # ---- the step ------------------------------------------------------------------------------

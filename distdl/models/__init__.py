@@ -8,7 +8,7 @@ the objective/metrics/prediction columns in ``distdl.tasks``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Literal, Mapping, NamedTuple
 
 from torch import nn
 
@@ -27,7 +27,9 @@ class Family(NamedTuple):
     fit: Callable[[Any, Any, Any, Any], Any]  # (raw train dataset, DataSpec, preprocess cfg, model cfg) -> preprocessor
     augmentations: Callable[[Any], list]  # preprocess cfg -> training-only map_batches steps
     task: Callable[[Any], str]  # model cfg -> a name in distdl.tasks.TASKS
-    paths: tuple[str, ...] = ()  # config fields naming files: made absolute, checked before Ray starts
+    # Config fields naming a file/folder, or a complete distdl checkpoint: made absolute like data
+    # paths and checked before Ray starts (spec.path_problems). Read-only.
+    paths: Mapping[str, Literal["file", "checkpoint"]] = {}
 
 
 FAMILIES: dict[str, Family] = {
@@ -36,7 +38,8 @@ FAMILIES: dict[str, Family] = {
                   fit=cnn.fit_preprocessor, augmentations=cnn.augmentations, task=cnn.task),
     "gan": Family(config=gan.GANConfig, preprocess=gan.GANPreprocessSpec, input_column="image",
                   formats=("parquet", "csv", "jsonl", "image_folder"), build=gan.build, complete=gan.complete,
-                  fit=gan.fit_preprocessor, augmentations=gan.augmentations, task=gan.task, paths=("classifier",)),
+                  fit=gan.fit_preprocessor, augmentations=gan.augmentations, task=gan.task,
+                  paths={"classifier": "checkpoint"}),
 }
 
 

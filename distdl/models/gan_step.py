@@ -2,9 +2,9 @@
 
 Each step first updates the discriminator on real images (target 1 - label_smoothing) and
 generated ones (target 0), then the generator through the updated discriminator
-(non-saturating loss: target 1). Under DDP each network has its own wrapper: the two
-updates backpropagate through different graphs, and a wrapper must see one backward per
-forward. Gradients of both networks are averaged over the workers like any DDP model.
+(non-saturating loss: target 1). Under DDP each network has its own wrapper, because the two
+updates backpropagate through different graphs with different optimizers; each wrapper
+averages its network's gradients over the workers as for any DDP model.
 
 The loop (distdl.loop) keeps everything else: the epoch, lr schedule, evaluation,
 checkpoints (both networks in one model.safetensors, both optimizers by name), reports.

@@ -7,7 +7,7 @@ A checkpoint is a folder (local or URI) holding nothing that needs unpickling:
     preprocessor.json      the fitted Preprocessor
     spec.yaml              the resolved job spec that produced it
     train_state.json       epoch, metric history, best so far, optimizer hyper-parameters
-    optimizer.safetensors  optimizer tensors (moments, steps), for exact resume
+    optimizer.safetensors  optimizer tensors (moments, steps) under "<optimizer name>/", for exact resume
     COMPLETE               written last; a folder without it is ignored
 
 A run folder ``<storage>/<name>`` holds ``checkpoints/epoch_NNNN`` (the newest ``keep``),
@@ -49,29 +49,31 @@ def best_dir(run_dir: str) -> str:
 
 
 # ---- writing (rank 0) --------------------------------------------------------------------
-def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split torch optimizer state into tensors (safetensors) and plain values (JSON)."""
+def _flatten_optimizer(state: dict, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split torch optimizer state into tensors (safetensors, keys under ``prefix``) and plain values (JSON)."""
     tensors, scalars = {}, {}
     for pid, per_param in state["state"].items():
         for name, value in per_param.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{pid}/{name}"] = value.detach().cpu().contiguous()
+                tensors[f"{prefix}/{pid}/{name}"] = value.detach().cpu().contiguous()
             else:
                 scalars[f"{pid}/{name}"] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict, prefix: str) -> dict:
     state: dict[int, dict[str, Any]] = {}
-    for key, value in [*tensors.items(), *meta["scalars"].items()]:
+    mine = [(k[len(prefix) + 1:], v) for k, v in tensors.items() if k.startswith(prefix + "/")]
+    for key, value in [*mine, *meta["scalars"].items()]:
         pid, name = key.split("/", 1)
         state.setdefault(int(pid), {})[name] = value
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save(dest: str, model: nn.Module, family: str, model_cfg: Any, preprocessor: Any,
-         spec: dict, train_state: dict, optimizer: torch.optim.Optimizer | None = None) -> str:
-    """Write a complete checkpoint to ``dest`` (replacing any there); the marker goes last."""
+def save(dest: str, model: nn.Module, family: str, model_cfg: Any, preprocessor: Any, spec: dict,
+         train_state: dict, optimizers: dict[str, torch.optim.Optimizer] | None = None) -> str:
+    """Write a complete checkpoint to ``dest`` (replacing any there); the marker goes last.
+    ``optimizers`` are named: {"model": ...} for one, {"generator": ..., "discriminator": ...} for a gan."""
     fs, inner = filesystem(dest)
     with tempfile.TemporaryDirectory(prefix="distdl-ckpt-") as tmp:
         local = Path(tmp)
@@ -81,8 +83,11 @@ def save(dest: str, model: nn.Module, family: str, model_cfg: Any, preprocessor:
         (local / "preprocessor.json").write_text(preprocessor.to_json())
         (local / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         state = dict(train_state)
-        if optimizer is not None:
-            tensors, state["optimizer"] = _flatten_optimizer(optimizer.state_dict())
+        if optimizers:
+            tensors, state["optimizers"] = {}, {}
+            for name, optimizer in optimizers.items():
+                named, state["optimizers"][name] = _flatten_optimizer(optimizer.state_dict(), name)
+                tensors.update(named)
             save_file(tensors, local / "optimizer.safetensors")
         (local / "train_state.json").write_text(json.dumps(state, indent=2))
         fs.delete_dir_contents(inner, missing_dir_ok=True)
@@ -158,12 +163,17 @@ def _require_complete(path: str) -> None:
 
 def load_model(path: str) -> tuple[nn.Module, Any, dict]:
     """(model in eval mode on CPU, preprocessor, model.json) from a checkpoint folder."""
-    _require_complete(path)
-    meta = json.loads(_read_text(path, "model.json"))
+    meta = load_meta(path)
     cfg = models.config_from_args(meta["family"], meta["args"])
     model = models.build_model(meta["family"], cfg)
     model.load_state_dict(_read_tensors(path, "model.safetensors"))
     return model.eval(), load_preprocessor(path), meta
+
+
+def load_meta(path: str) -> dict:
+    """model.json: {"family", "args"}."""
+    _require_complete(path)
+    return json.loads(_read_text(path, "model.json"))
 
 
 def load_preprocessor(path: str) -> Any:
@@ -174,13 +184,15 @@ def load_weights(path: str) -> dict[str, torch.Tensor]:
     return _read_tensors(path, "model.safetensors")
 
 
-def load_train_state(path: str) -> tuple[dict, dict | None]:
-    """(train_state.json, optimizer state_dict or None) for resuming."""
+def load_train_state(path: str) -> tuple[dict, dict[str, dict] | None]:
+    """(train_state.json, {optimizer name: state_dict} or None) for resuming."""
     _require_complete(path)
     state = json.loads(_read_text(path, "train_state.json"))
-    meta = state.pop("optimizer", None)
-    optimizer = _unflatten_optimizer(_read_tensors(path, "optimizer.safetensors"), meta) if meta else None
-    return state, optimizer
+    metas = state.pop("optimizers", None)
+    if not metas:
+        return state, None
+    tensors = _read_tensors(path, "optimizer.safetensors")
+    return state, {name: _unflatten_optimizer(tensors, meta, name) for name, meta in metas.items()}
 
 
 def identity(path: str) -> str:

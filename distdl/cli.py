@@ -21,6 +21,7 @@ EPILOG = """examples:
   distdl serve --checkpoint runs/cnn_digits/best --export serve_config.yaml   # for serve deploy / KubeRay
   distdl submit jobs/cnn_digits.yaml --address http://HEAD:8265 --follow   # a Ray job on a cluster
   distdl k8s render train jobs/x.yaml --image REGISTRY/distdl:0.1.0 --set storage=s3://BUCKET/runs
+  distdl score --checkpoint runs/gan_digits/best --generate 10000 --seed 1 --output out/samples/
 """
 DEMO_KINDS = ("digits", "sequences", "text", "speech", "topics")  # demo_data.WRITERS (imported only when used)
 
@@ -37,7 +38,9 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
                    "the k most likely characters (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="language model: characters to generate (default 200)")
     p.add_argument("--temperature", type=float, default=None, help="language model: 0 is greedy (default 1.0)")
-    p.add_argument("--seed", type=int, default=None, help="language model: sampling seed per row (default 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="language model: sampling seed per row; score --generate: with the row id, seeds each "
+                   "image's latent, so the same seed gives the same images (default 0)")
 
 
 def generation_options(args: argparse.Namespace) -> dict:
@@ -66,7 +69,10 @@ def parser() -> argparse.ArgumentParser:
                            description="Run the checkpoint's model over every row in a Ray Data actor pool. "
                            "Re-running with the same --output resumes; bad rows get an 'error' message.")
     score.add_argument("--checkpoint", required=True, help="checkpoint folder, e.g. runs/cnn_digits/best")
-    score.add_argument("--input", required=True, help="parquet/csv/jsonl file or folder, image folder, or URI")
+    rows = score.add_mutually_exclusive_group(required=True)
+    rows.add_argument("--input", help="parquet/csv/jsonl file or folder, image folder, or URI")
+    rows.add_argument("--generate", type=int, metavar="N",
+                      help="generative checkpoints (gan): N images for ids 0..N-1, as PNG bytes in column 'image'")
     score.add_argument("--output", required=True, help="output folder (parquet files + manifest)")
     score.add_argument("--format", default="auto", help="input format (default: from the path)")
     score.add_argument("--id-column", default=None,
@@ -144,6 +150,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     spec = specmod.load(args.spec, args.overrides)
+    problems = specmod.path_problems(spec)  # e.g. a gan's model.classifier, before Ray starts
+    if problems:
+        raise specmod.SpecError(problems)
     if args.fresh and not is_uri(spec.run_dir) and Path(spec.run_dir).exists():
         print(f"[distdl] --fresh: removing {spec.run_dir}")
         shutil.rmtree(spec.run_dir)
@@ -160,12 +169,20 @@ def _train(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from distdl import data, runtime, score
 
-    data.infer_format(args.input)  # a missing path fails here, before Ray starts
+    if args.input:
+        data.infer_format(args.input)  # a missing path fails here, before Ray starts
+    else:
+        score.check_generative(args.checkpoint, args.generate, args.seed or 0)
     runtime.connect(args.address)
     resources = score.Resources(args.batch_size, args.min_actors, args.max_actors, args.cpus, args.gpus,
                                 args.rows_per_file)
-    print(score.score(args.checkpoint, args.input, args.output, resources, args.format, args.id_column,
-                      args.overwrite, generation_options(args)).describe())
+    if args.generate is not None:
+        summary = score.generate(args.checkpoint, args.generate, args.output, resources, args.seed or 0,
+                                 args.overwrite)
+    else:
+        summary = score.score(args.checkpoint, args.input, args.output, resources, args.format, args.id_column,
+                              args.overwrite, generation_options(args))
+    print(summary.describe())
     return 0
 
 

@@ -21,11 +21,7 @@ import scipy.io.wavfile
 from PIL import Image
 from sklearn.datasets import load_digits
 
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
+from distdl.preprocessors.image import png_bytes
 
 
 def write_digits(out: Path, holdout_fraction: float = 0.1, seed: int = 0) -> dict[str, Path]:

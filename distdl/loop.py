@@ -12,8 +12,10 @@ import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -77,22 +79,75 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _all_reduce(values: list[float], device: torch.device) -> list[float]:
     """Sum per-worker totals across the group (a no-op on a single worker)."""
-    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+    if _world() == 1:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
 
 
+def _all_reduce_sums(totals: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Group-wide sums of named numbers or arrays (e.g. feature sums), in one all-reduce."""
+    names = sorted(totals)  # the same order on every rank
+    arrays = [np.asarray(totals[n], dtype=np.float64) for n in names]
+    flat = np.asarray(_all_reduce(np.concatenate([a.ravel() for a in arrays]).tolist(), device))
+    sums, at = {}, 0
+    for name, a in zip(names, arrays):
+        part = flat[at:at + a.size].reshape(a.shape)
+        sums[name], at = (float(part) if a.ndim == 0 else part), at + a.size
+    return sums
+
+
+@dataclass
+class Step:
+    """One training step's place and tools; a task with its own ``train_step`` (gan) gets it."""
+    device: torch.device
+    train: dict
+    scaler: torch.amp.GradScaler
+    epoch: int
+    rank: int
+    world: int
+    index: int = 0  # step within the epoch
+
+    def autocast(self):
+        return _autocast(self.device, self.train["precision"])
+
+    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Zero, backward (scaled for fp16), clip to train.grad_clip, and step ``optimizer``."""
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.train["grad_clip"]:
+            self.scaler.unscale_(optimizer)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.train["grad_clip"])
+        self.scaler.step(optimizer)
+
+
+def _loss_step(task, model, optimizer, batch, step: Step) -> tuple[dict[str, float], int]:
+    """The usual step: the task's loss, one backward, one optimizer."""
+    with step.autocast():
+        loss, rows = task.loss(model, batch)
+    step.backward(loss, optimizer)
+    return {"loss": loss.item() * rows}, rows
+
+
 def train_epoch(task, model, optimizer, scaler, batches, device, train: dict, epoch: int, rank: int,
                 hook: Optional[StepHook]) -> dict[str, float]:
-    """One pass over this worker's shard; returns group-wide loss and timing."""
+    """One pass over this worker's shard; returns group-wide losses (train_<name>) and timing.
+    ``optimizer`` is the optimizer, or the task's named optimizers when it has its own
+    ``train_step`` (which then returns the sums named in ``task.step_sums``)."""
     model.train()
-    loss_sum, seen, wait, start = 0.0, 0, 0.0, time.perf_counter()
+    own_step = getattr(task, "train_step", None)
+    names = getattr(task, "step_sums", ("loss",))
+    sums, seen, wait, start = dict.fromkeys(names, 0.0), 0, 0.0, time.perf_counter()
+    step = Step(device, train, scaler, epoch, rank, _world())
     iterator = iter(batches)
-    step = 0
     while True:
         t0 = time.perf_counter()
         batch = next(iterator, None)
@@ -100,25 +155,21 @@ def train_epoch(task, model, optimizer, scaler, batches, device, train: dict, ep
         if batch is None:
             break
         if hook:
-            hook(rank, epoch, step)
-        with _autocast(device, train["precision"]):
-            loss, rows = task.loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if train["grad_clip"]:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
-        scaler.step(optimizer)
+            hook(rank, epoch, step.index)
+        if own_step:
+            batch_sums, rows = own_step(model, optimizer, batch, step)
+        else:
+            batch_sums, rows = _loss_step(task, model, optimizer, batch, step)
         scaler.update()
-        loss_sum += loss.item() * rows
+        for name in names:
+            sums[name] += batch_sums[name]
         seen += rows
-        step += 1
+        step.index += 1
     elapsed = time.perf_counter() - start
-    total_loss, total_seen, total_wait, total_time = _all_reduce([loss_sum, seen, wait, elapsed], device)
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    *totals, total_seen, total_wait, total_time = _all_reduce([*sums.values(), seen, wait, elapsed], device)
     return {
-        "train_loss": total_loss / max(total_seen, 1),
-        "samples_per_s": total_seen / max(total_time / world, 1e-9),
+        **{f"train_{name}": total / max(total_seen, 1) for name, total in zip(names, totals)},
+        "samples_per_s": total_seen / max(total_time / step.world, 1e-9),
         "ingest_wait_share": total_wait / max(total_time, 1e-9),
         "train_samples": int(total_seen),
     }
@@ -128,13 +179,12 @@ def train_epoch(task, model, optimizer, scaler, batches, device, train: dict, ep
 def evaluate(task, model, batches, device, precision: str) -> dict[str, float]:
     """The task's validation metrics over every worker's shard (sums are all-reduced)."""
     model.eval()
-    totals: dict[str, float] = {}
+    totals: dict[str, Any] = {}
     for batch in batches:
         with _autocast(device, precision):
             for name, value in task.eval_sums(model, batch).items():
                 totals[name] = totals.get(name, 0.0) + value
-    names = sorted(totals)  # the same order on every rank
-    return task.eval_metrics(dict(zip(names, _all_reduce([totals[n] for n in names], device))))
+    return task.eval_metrics(_all_reduce_sums(totals, device))
 
 
 def _is_better(value: float, best: Optional[float], mode: str) -> bool:
@@ -153,20 +203,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     task = tasks.create(models.FAMILIES[family].task(model_cfg), preprocessor)
 
     torch.manual_seed(train["seed"])  # same initial weights on every rank (DDP also broadcasts)
-    model = models.build_model(family, model_cfg)
-    state, optimizer_state = {"epoch": 0, "history": [], "best": None}, None
+    model = models.build_model(family, model_cfg)  # what checkpoints hold; `trained` may wrap it
+    state, optimizer_states = {"epoch": 0, "history": [], "best": None}, None
     resume_from = checkpoint.latest(run_dir)
     if resume_from:
         model.load_state_dict(checkpoint.load_weights(resume_from))
-        state, optimizer_state = checkpoint.load_train_state(resume_from)
+        state, optimizer_states = checkpoint.load_train_state(resume_from)
         if rank == 0:
             say(f"resuming from {resume_from} (epoch {state['epoch']} done)")
     else:
         models.init_weights(family, model, model_cfg)  # e.g. a pretrained folder's weights
-    model = ray.train.torch.prepare_model(model)
-    optimizer = make_optimizer(model.parameters(), train)
-    if optimizer_state:
-        optimizer.load_state_dict(optimizer_state)
+    trained, optimizers = _prepare(task, model, train)
+    for name, saved in (optimizer_states or {}).items():
+        optimizers[name].load_state_dict(saved)
     scaler = torch.amp.GradScaler(device.type, enabled=train["precision"] == "fp16")
 
     per_worker = train["batch_size"] // world
@@ -181,23 +230,36 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     batches = epoch_batches()
     for epoch in range(state["epoch"] + 1, train["epochs"] + 1):
         lr = lr_at(epoch, train)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for optimizer in optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         metrics = {"epoch": epoch, "lr": lr}
-        metrics.update(train_epoch(task, model, optimizer, scaler, batches, device, train, epoch, rank,
+        own = optimizers if hasattr(task, "train_step") else optimizers["model"]
+        metrics.update(train_epoch(task, trained, own, scaler, batches, device, train, epoch, rank,
                                    config.get("step_hook")))
         if epoch < train["epochs"]:
             batches = epoch_batches()  # the next epoch starts streaming while this one validates
         val_batches = val_shard.iter_torch_batches(batch_size=per_worker, collate_fn=collate, prefetch_batches=2)
-        metrics.update(evaluate(task, model, val_batches, device, train["precision"]))
+        metrics.update(evaluate(task, trained, val_batches, device, train["precision"]))
         state["history"].append(metrics)
         state["epoch"] = epoch
         if rank == 0:
-            _save_epoch(model, optimizer, family, model_cfg, preprocessor, spec, state, ckpt_spec, run_dir)
+            if hasattr(task, "epoch_end"):
+                task.epoch_end(model, run_dir, epoch)  # e.g. the gan's sample grid
+            _save_epoch(model, optimizers, family, model_cfg, preprocessor, spec, state, ckpt_spec, run_dir)
         ray.train.report(metrics)
 
 
-def _save_epoch(model, optimizer, family, model_cfg, preprocessor, spec, state, ckpt_spec, run_dir) -> None:
+def _prepare(task, model, train: dict) -> tuple[Any, dict[str, torch.optim.Optimizer]]:
+    """(what the steps run: the model DDP-wrapped and on the device, its named optimizers).
+    A task with its own step (gan) wraps its networks apart and names their optimizers."""
+    if hasattr(task, "prepare"):
+        return task.prepare(model, ray.train.torch.prepare_model, lambda params: make_optimizer(params, train))
+    trained = ray.train.torch.prepare_model(model)
+    return trained, {"model": make_optimizer(trained.parameters(), train)}
+
+
+def _save_epoch(model, optimizers, family, model_cfg, preprocessor, spec, state, ckpt_spec, run_dir) -> None:
     """Rank 0: metrics.jsonl every epoch; a checkpoint every N epochs (and the last); best/ copy."""
     metrics, epoch = state["history"][-1], state["epoch"]
     checkpoint.write_metrics(run_dir, state["history"])
@@ -209,9 +271,8 @@ def _save_epoch(model, optimizer, family, model_cfg, preprocessor, spec, state, 
     improved = _is_better(value, (state["best"] or {}).get("value"), mode)
     if improved:
         state["best"] = {"metric": ckpt_spec["best_metric"], "value": value, "epoch": epoch}
-    raw_model = model.module if hasattr(model, "module") else model  # unwrap DDP
-    path = checkpoint.save(checkpoint.epoch_dir(run_dir, epoch), raw_model, family, model_cfg, preprocessor,
-                           spec, state, optimizer)
+    path = checkpoint.save(checkpoint.epoch_dir(run_dir, epoch), model, family, model_cfg, preprocessor,
+                           spec, state, optimizers)
     if improved:
         checkpoint.copy(path, checkpoint.best_dir(run_dir))
     checkpoint.prune(run_dir, ckpt_spec["keep"])

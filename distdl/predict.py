@@ -32,13 +32,14 @@ class Predictor:
             # One actor per reserved CPU share: more threads than that oversubscribe the cores.
             torch.set_num_threads(threads)
         model, self.pre, meta = checkpoint.load_model(checkpoint_path)
-        self.family = meta["family"]
-        self.task_name = models.FAMILIES[self.family].task(models.config_from_args(self.family, meta["args"]))
+        self.family, self.task_name = meta["family"], models.task_name(meta)
         self.task = tasks.create(self.task_name, self.pre)
         accepted = list(inspect.signature(self.task.predict).parameters)[2:]  # after (model, features)
         if set(options) - set(accepted):
             raise ValueError(f"option(s) {sorted(set(options) - set(accepted))} do not apply to a "
                              f"{self.task_name} model; it takes {accepted}")
+        # What each row's input is: data for the preprocessor, or the task's own (a gan's row ids).
+        self.inputs = getattr(self.task, "inputs", None) or self.pre
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.options = options
@@ -50,12 +51,12 @@ class Predictor:
         return (*self.task.output_columns, "error")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = batch[self.pre.input_column]
+        values = batch[self.inputs.input_column]
         decoded: list[Any] = []
         errors = np.full(len(values), None, dtype=object)
         for i, value in enumerate(values):
             try:
-                decoded.append(self.pre.decode(value, self._where(batch, i)))
+                decoded.append(self.inputs.decode(value, self._where(batch, i)))
             except BadInputError as exc:
                 decoded.append(None)
                 errors[i] = str(exc)
@@ -67,7 +68,7 @@ class Predictor:
         """Prediction columns for all ``n`` rows; rows outside ``good`` stay null."""
         columns = {name: np.full(n, None, dtype=object) for name in self.task.output_columns}
         if good:
-            features = {k: v.to(self.device) for k, v in to_tensors(self.pre.features(examples)).items()}
+            features = {k: v.to(self.device) for k, v in to_tensors(self.inputs.features(examples)).items()}
             with torch.inference_mode():
                 predicted = self.task.predict(self.model, features, **self.options)
             for name, values in predicted.items():

@@ -19,7 +19,7 @@ import pyarrow.fs
 import ray
 import ray.data
 
-from distdl import checkpoint, data, runtime, score_output
+from distdl import checkpoint, data, models, runtime, score_output, tasks
 from distdl.paths import filesystem, is_uri
 from distdl.predict import Predictor
 
@@ -78,14 +78,39 @@ def score(checkpoint_path: str, input_path: str, output_path: str, resources: Re
     """Score ``input_path`` with the checkpoint into parquet parts under ``output_path``;
     ``options`` go to the Predictor's task (e.g. ``{"top_k": 3}``)."""
     output_path = output_path if is_uri(output_path) else str(Path(output_path).absolute())  # Ray needs absolute
-    started = time.perf_counter()
     runtime.warn_if_not_shared({"--checkpoint": checkpoint_path, "--input": input_path, "--output": output_path})
     # One block per input file: each is committed as soon as it is scored, so a killed job
     # loses at most the files in flight (Ray would read small files into a single block).
     raw = data.read(input_path, fmt, blocks_per_file=True)
+    return _run(checkpoint_path, raw, output_path, resources, id_column, overwrite, options or {})
+
+
+def check_generative(checkpoint_path: str, count: int, seed: int) -> None:
+    """Refuse --generate for a checkpoint whose task reads data rows (before Ray starts)."""
+    if count < 1 or seed < 0:
+        raise ValueError(f"--generate needs N >= 1 and --seed >= 0, got {count} and {seed}")
+    meta = checkpoint.load_meta(checkpoint_path)
+    if not hasattr(tasks.TASKS[models.task_name(meta)], "inputs"):
+        raise ValueError(f"{checkpoint_path} is a {meta['family']} model, which scores data (--input); "
+                         "--generate needs a generative model (gan)")
+
+
+def generate(checkpoint_path: str, count: int, output_path: str, resources: Resources = Resources(),
+             seed: int = 0, overwrite: bool = False) -> Summary:
+    """``count`` rows with ids 0..count-1 through the Predictor of a generative checkpoint (gan:
+    one PNG per row). Each row's output depends only on (seed, id): the same seed gives the
+    same images whatever the actors or batches, and a killed job resumes by id."""
+    check_generative(checkpoint_path, count, seed)
+    return _run(checkpoint_path, ray.data.range(count), output_path, resources, "id", overwrite, {"seed": seed})
+
+
+def _run(checkpoint_path: str, raw: ray.data.Dataset, output_path: str, resources: Resources,
+         id_column: str | None, overwrite: bool, options: dict) -> Summary:
+    started = time.perf_counter()
+    output_path = output_path if is_uri(output_path) else str(Path(output_path).absolute())  # Ray needs absolute
     id_column = id_column or next((c for c in ("id", "path") if c in raw.columns()), None)
     manifest = {"checkpoint": checkpoint_path, "identity": checkpoint.identity(checkpoint_path),
-                "id_column": id_column or ROW_ID, "complete": False}
+                "options": options, "id_column": id_column or ROW_ID, "complete": False}
     done = _prepare_output(output_path, manifest, overwrite, resumable=id_column is not None)
     if done is None:  # this checkpoint already scored everything here
         return _summarize(raw.count(), output_path, 0, time.perf_counter() - started)
@@ -98,7 +123,7 @@ def score(checkpoint_path: str, input_path: str, output_path: str, resources: Re
     scored = ds.map_batches(
         Predictor, batch_format="numpy", batch_size=resources.batch_size, compute=resources.pool(),
         num_cpus=resources.cpus, num_gpus=resources.gpus or None,
-        fn_constructor_kwargs={"checkpoint_path": checkpoint_path, **(options or {}),
+        fn_constructor_kwargs={"checkpoint_path": checkpoint_path, **options,
                                "threads": resources.threads(), "passthrough": [manifest["id_column"]],
                                "where_column": manifest["id_column"], "device": "cuda" if resources.gpus else "cpu"})
     sink = score_output.PartSink(output_path, manifest["id_column"], resources.rows_per_file)
@@ -116,6 +141,9 @@ def _prepare_output(output_path: str, manifest: dict, overwrite: bool, resumable
         if old["identity"] != manifest["identity"]:
             raise ValueError(f"{output_path} holds scores of another checkpoint ({old['checkpoint']}); "
                              "use --overwrite to replace them, or another --output")
+        if old.get("options", {}) != manifest["options"]:
+            raise ValueError(f"{output_path} holds scores made with other options ({old.get('options', {})}, "
+                             f"now {manifest['options']}); use --overwrite to replace them, or another --output")
         if not resumable:
             raise ValueError(f"{output_path} already holds scores and the input has no id column to resume "
                              "by (pass --id-column); use --overwrite to score everything again")

@@ -14,8 +14,8 @@ from typing import Any, Iterator, Literal, Optional, Union
 
 import yaml
 
-from distdl import models, tasks
-from distdl.paths import is_uri
+from distdl import checkpoint, models, tasks
+from distdl.paths import exists, is_uri
 from distdl.specbase import SpecError, check, from_dict, join, to_dict, unknown_key
 
 Auto = Literal["auto"]
@@ -90,7 +90,7 @@ class CheckpointSpec:
     every_n_epochs: int = 1
     keep: int = 2  # newest checkpoints kept under checkpoints/ (the best is kept apart, in best/)
     best_metric: str = "auto"  # auto: the task's own (val_accuracy for classification)
-    best_mode: Union[Auto, Literal["max", "min"]] = "auto"  # auto: min for *loss* / *perplexity*, else max
+    best_mode: Union[Auto, Literal["max", "min"]] = "auto"  # auto: min for *loss* / *perplexity* / the task's minimized, else max
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from check(self.every_n_epochs >= 1, "every_n_epochs", f"must be >= 1, got {self.every_n_epochs}")
@@ -103,7 +103,9 @@ class CheckpointSpec:
         yield from check(self.best_metric in task.metrics, "checkpoint.best_metric",
                          f"must be one of {task.metrics} for this model, got {self.best_metric!r}")
         if self.best_mode == "auto":
-            self.best_mode = "min" if "loss" in self.best_metric or "perplexity" in self.best_metric else "max"
+            lower = ("loss" in self.best_metric or "perplexity" in self.best_metric
+                     or self.best_metric in getattr(task, "minimized", ()))
+            self.best_mode = "min" if lower else "max"
 
 
 @dataclass
@@ -264,17 +266,34 @@ def path_fields(raw: dict) -> dict[str, str]:
     """The spec's local-or-URI locations as written, by YAML path (``storage`` defaults to 'runs')."""
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
     found = {"storage": raw.get("storage", "runs"), "data.train": data.get("train"), "data.val": data.get("val")}
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    family = models.FAMILIES.get(model.get("family", "cnn"))
+    found.update({f"model.{name}": model.get(name) for name in (family.paths if family else ())})
     return {key: path for key, path in found.items() if isinstance(path, str)}
 
 
 def resolve_paths(raw: dict, base: Path) -> dict:
-    """Make local data/storage paths absolute: Ray workers run in another working directory."""
+    """Make local data/storage/model-file paths absolute: Ray workers run in another working directory."""
     raw = copy.deepcopy(raw)
     for key, path in path_fields(raw).items():
         if not is_uri(path):
             section, _, name = key.rpartition(".")
             (raw[section] if section else raw)[name] = str((base / path).resolve())
     return raw
+
+
+def path_problems(spec: JobSpec) -> list[tuple[str, str]]:
+    """Model fields naming files (models.FAMILIES paths) that name nothing usable; checked before
+    Ray starts, as a missing data path is."""
+    found = []
+    for name, kind in models.FAMILIES[spec.model_family].paths.items():
+        value = getattr(spec.model, name)
+        if not exists(value):
+            found.append((f"model.{name}", f"not found: {value}"))
+        elif kind == "checkpoint" and not checkpoint.is_complete(value):
+            found.append((f"model.{name}", f"{value} is not a complete distdl checkpoint (no "
+                                           f"{checkpoint.MARKER} marker: has its training finished?)"))
+    return found
 
 
 def load(path: str | os.PathLike, overrides: list[str] = ()) -> JobSpec:

@@ -14,13 +14,13 @@ from distdl.spec import parse
 PRE = ImagePreprocessor("image", "label", 16, 1, [0.3], [0.3], list(range(10)))
 
 
-def saved(tmp_path, arch="smallcnn", epoch=1, optimizer=None):
+def saved(tmp_path, arch="smallcnn", epoch=1, optimizers=None):
     torch.manual_seed(0)
     cfg = CNNConfig(arch=arch, in_channels=1, num_classes=10)
     model = models.build_model("cnn", cfg)
     spec = parse({"name": "t", "data": {"train": "x.parquet"}}).to_dict()
     path = checkpoint.save(checkpoint.epoch_dir(str(tmp_path), epoch), model, "cnn", cfg, PRE, spec,
-                           {"epoch": epoch, "history": [], "best": None}, optimizer)
+                           {"epoch": epoch, "history": [], "best": None}, optimizers)
     return model.eval(), path
 
 
@@ -51,10 +51,10 @@ def test_optimizer_state_round_trips(tmp_path):
     opt = torch.optim.AdamW(model.parameters(), lr=0.01)
     model(torch.randn(2, 1, 16, 16)).sum().backward()
     opt.step()
-    _, path = saved(tmp_path, optimizer=opt)
+    _, path = saved(tmp_path, optimizers={"model": opt})
     _, restored = checkpoint.load_train_state(path)
     fresh = torch.optim.AdamW(model.parameters(), lr=0.5)
-    fresh.load_state_dict(restored)
+    fresh.load_state_dict(restored["model"])
     assert fresh.param_groups[0]["lr"] == 0.01
     for param in model.parameters():
         before, after = opt.state[param], fresh.state[param]

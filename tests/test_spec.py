@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from distdl import spec as specmod
-from distdl.models import FAMILIES
+from distdl import models, spec as specmod
 from distdl.spec import SpecError
 
 MINIMAL = {"name": "digits", "data": {"train": "data/train.parquet"}}
@@ -76,7 +75,7 @@ def test_family_defaults_fill_the_input_column_and_best_metric():
 
 
 def test_unknown_family_lists_the_known_ones():
-    assert f"choose from {sorted(FAMILIES)}" in problems({**MINIMAL, "model": {"family": "svm"}})["model.family"]
+    assert f"choose from {sorted(models.FAMILIES)}" in problems({**MINIMAL, "model": {"family": "svm"}})["model.family"]
 
 
 def test_overrides_are_typed_and_validated(tmp_path):

@@ -9,11 +9,11 @@ the objective/metrics/prediction columns in ``distdl.tasks``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Literal, Mapping, NamedTuple, Optional
 
 from torch import nn
 
-from distdl.models import cnn, rnn, transformer
+from distdl.models import cnn, gan, rnn, transformer
 from distdl.preprocessors import image, sequence, tokenized
 from distdl.specbase import from_dict, join
 
@@ -33,6 +33,9 @@ class Family(NamedTuple):
     # (model, config) -> None: starting weights for a fresh run (e.g. a local pretrained folder);
     # never called on resume or when a checkpoint is loaded. None: the seeded random init.
     init_weights: Optional[Callable[[nn.Module, Any], None]] = None
+    # Config fields naming a file/folder, or a complete distdl checkpoint: made absolute like data
+    # paths and checked before Ray starts (spec.path_problems). Read-only.
+    paths: Mapping[str, Literal["file", "checkpoint"]] = {}
 
 
 FAMILIES: dict[str, Family] = {
@@ -47,6 +50,10 @@ FAMILIES: dict[str, Family] = {
                           formats=("parquet", "csv", "jsonl"), build=transformer.build, complete=transformer.complete,
                           fit=transformer.fit_preprocessor, augmentations=transformer.augmentations,
                           task=transformer.task, init_weights=transformer.load_pretrained),
+    "gan": Family(config=gan.GANConfig, preprocess=gan.GANPreprocessSpec, input_column="image",
+                  formats=("parquet", "csv", "jsonl", "image_folder"), build=gan.build, complete=gan.complete,
+                  fit=gan.fit_preprocessor, augmentations=gan.augmentations, task=gan.task,
+                  paths={"classifier": "checkpoint"}),
 }
 
 
@@ -65,6 +72,11 @@ def config_from_args(family: str, args: dict) -> Any:
     if problems:
         raise ValueError(f"checkpoint model.json does not match this distdl version: {problems}")
     return cfg
+
+
+def task_name(meta: dict) -> str:
+    """The task (distdl.tasks.TASKS) of a checkpoint's model.json ({"family", "args"})."""
+    return FAMILIES[meta["family"]].task(config_from_args(meta["family"], meta["args"]))
 
 
 def build_model(family: str, cfg: Any) -> nn.Module:

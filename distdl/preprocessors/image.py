@@ -121,7 +121,8 @@ class ImagePreprocessor:
     # ---- persistence -----------------------------------------------------------------
     def describe(self) -> str:
         mean, std = [round(m, 4) for m in self.mean], [round(s, 4) for s in self.std]
-        return f"{len(self.classes)} classes; {self.size}x{self.size}x{self.channels} images; mean={mean} std={std}"
+        labels = f"{len(self.classes)} classes" if self.classes else "unlabelled"
+        return f"{labels}; {self.size}x{self.size}x{self.channels} images; mean={mean} std={std}"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -129,6 +130,13 @@ class ImagePreprocessor:
     @classmethod
     def from_state(cls, state: dict) -> "ImagePreprocessor":
         return cls(**state)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """uint8 pixels (H, W), (H, W, 1) or (H, W, 3) -> PNG bytes (what ``decode`` reads back)."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels.squeeze(2) if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 class Augment:

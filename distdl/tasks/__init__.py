@@ -15,6 +15,19 @@ spec validation refuses to train it.
 
 Batches are dicts of tensors from ``collate.Collate``; the keys in ``targets`` are labels,
 every other key is passed to ``model(**inputs)``.
+
+Optional, for a task that needs more than "loss, backward, step" (image_generation):
+
+    prepare(model, wrap, make_optimizer) -> (trained, {name: optimizer})
+                                   wrap(module) DDP-wraps and places one module; make_optimizer(params)
+                                   is the spec's optimizer; the loop steps and evaluates ``trained``
+                                   and checkpoints ``model`` and the named optimizers
+    train_step(trained, optimizers, batch, step: loop.Step) -> ({name: sum over rows}, rows)
+    step_sums                      the names train_step returns; reported as train_<name> means
+    epoch_end(model, run_dir, epoch)  rank 0, every epoch: files in the run folder (a sample grid)
+    minimized                      metrics besides *loss*/*perplexity* where lower is better
+    inputs                         what the Predictor decodes instead of the preprocessor
+                                   (input_column, decode, features): generation reads row ids
 """
 from __future__ import annotations
 
@@ -22,11 +35,13 @@ from typing import Any
 
 from distdl.tasks.classification import Classification
 from distdl.tasks.embedding import Embedding
+from distdl.tasks.generation import ImageGeneration
 from distdl.tasks.language_model import LanguageModel
 
 TASKS: dict[str, type] = {
     "classification": Classification,
     "embedding": Embedding,
+    "image_generation": ImageGeneration,
     "language_model": LanguageModel,
 }
 

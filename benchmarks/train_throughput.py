@@ -141,13 +141,19 @@ def _ddp_rank(rank: int, world: int, port: int, x: torch.Tensor, y: torch.Tensor
         dist.destroy_process_group()
 
 
-def ddp(x: torch.Tensor, y: torch.Tensor, epochs: int, world: int) -> float:
+def spawn_ranks(rank_fn, world: int, *args) -> float:
+    """Run ``rank_fn(rank, world, port, *args, out)`` in ``world`` spawned processes; returns
+    what rank 0 puts in ``out``. (benchmarks/train_rnn.py uses it too.)"""
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_ddp_rank, args=(world, port, x, y, epochs, out), nprocs=world)
+    mp.spawn(rank_fn, args=(world, port, *args, out), nprocs=world)
     return out.get()
+
+
+def ddp(x: torch.Tensor, y: torch.Tensor, epochs: int, world: int) -> float:
+    return spawn_ranks(_ddp_rank, world, x, y, epochs)
 
 
 # ---- distdl (c) --------------------------------------------------------------------------

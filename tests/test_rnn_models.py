@@ -186,3 +186,16 @@ def test_rnn_defaults_follow_the_task_and_input(model, preprocess, column, best)
     spec = specmod.parse({"name": "r", "data": {"train": "x"}, "model": {"family": "rnn", **model}, "preprocess": preprocess})
     assert spec.data.input_column == column
     assert (spec.checkpoint.best_metric, spec.checkpoint.best_mode) == best
+
+
+@pytest.mark.parametrize("job", ["rnn_sequences", "rnn_lm", "speech_tones"])
+def test_the_example_jobs_are_valid_specs(job):
+    spec = specmod.load(f"jobs/{job}.yaml")
+    assert spec.model_family == "rnn" and spec.data.input_column in ("sequence", "text", "audio")
+
+
+def test_demo_data_offers_every_writer():
+    from distdl import cli
+    from distdl.demo_data import WRITERS
+
+    assert sorted(cli.DEMO_KINDS) == sorted(WRITERS)

@@ -11,9 +11,22 @@ Each kind provides:
 """
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+
+
+class JsonState:
+    """``to_json`` / ``from_state`` for a dataclass preprocessor whose fields are plain JSON."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_state(cls, state: dict) -> Any:
+        return cls(**state)
 
 
 class BadInputError(ValueError):

@@ -7,8 +7,7 @@ Augmentation is a separate step that only the training pipeline adds.
 from __future__ import annotations
 
 import io
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Optional
 
 import numpy as np
@@ -17,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 import ray.data
 
 from distdl.paths import read_bytes
-from distdl.preprocessors.base import BadInputError, encode_labels, fit_classes, require_column, where
+from distdl.preprocessors.base import BadInputError, JsonState, encode_labels, fit_classes, require_column, where
 from distdl.specbase import check
 
 
@@ -45,7 +44,7 @@ class ImagePreprocessSpec:
 
 
 @dataclass
-class ImagePreprocessor:
+class ImagePreprocessor(JsonState):
     input_column: str
     label_column: str
     size: int
@@ -123,13 +122,6 @@ class ImagePreprocessor:
         mean, std = [round(m, 4) for m in self.mean], [round(s, 4) for s in self.std]
         labels = f"{len(self.classes)} classes" if self.classes else "unlabelled"
         return f"{labels}; {self.size}x{self.size}x{self.channels} images; mean={mean} std={std}"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_state(cls, state: dict) -> "ImagePreprocessor":
-        return cls(**state)
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

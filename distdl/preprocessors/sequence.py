@@ -8,7 +8,6 @@ and saved as JSON in every checkpoint.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Literal, Optional
 
@@ -18,7 +17,7 @@ import ray.data
 
 from distdl.paths import read_bytes
 from distdl.preprocessors import audio
-from distdl.preprocessors.base import BadInputError, encode_labels, fit_classes, ragged, require_column, where
+from distdl.preprocessors.base import BadInputError, JsonState, encode_labels, fit_classes, ragged, require_column, where
 from distdl.specbase import check
 
 
@@ -39,7 +38,7 @@ class SequencePreprocessSpec:
 
 
 @dataclass
-class SequencePreprocessor:
+class SequencePreprocessor(JsonState):
     input_column: str
     label_column: str
     input_size: int  # values per step; 0 only while fitting
@@ -109,13 +108,6 @@ class SequencePreprocessor:
         source = f"{self.audio['features']} frames of wav files" if self.audio else "numeric sequences"
         return (f"{len(self.classes)} classes; {source}, {self.input_size} value(s) per step, "
                 f"up to {self.max_length} steps")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_state(cls, state: dict) -> "SequencePreprocessor":
-        return cls(**state)
 
 
 def fit(ds: ray.data.Dataset, input_column: str, label_column: str,

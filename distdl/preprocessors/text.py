@@ -8,14 +8,13 @@ vocabulary (id -> character) is plain JSON in every checkpoint.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 import ray.data
 
-from distdl.preprocessors.base import BadInputError, ragged, require_column, where
+from distdl.preprocessors.base import BadInputError, JsonState, ragged, require_column, where
 
 UNKNOWN = "\ufffd"  # id 0: a character the training text did not have (e.g. only in the val split)
 
@@ -29,7 +28,7 @@ def lines(batch: dict[str, np.ndarray], column: str) -> list[str]:
 
 
 @dataclass
-class CharPreprocessor:
+class CharPreprocessor(JsonState):
     input_column: str
     vocab: list[str]  # id -> character; vocab[0] is UNKNOWN
     block_size: int  # characters a training window predicts
@@ -69,13 +68,6 @@ class CharPreprocessor:
     # ---- persistence -----------------------------------------------------------------
     def describe(self) -> str:
         return f"{len(self.vocab)} characters; training windows of {self.block_size}"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_state(cls, state: dict) -> "CharPreprocessor":
-        return cls(**state)
 
 
 def _characters(batch: dict[str, np.ndarray], column: str) -> dict[str, np.ndarray]:

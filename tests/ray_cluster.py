@@ -55,8 +55,10 @@ class LocalCluster:
 
     def _ray_start(self, name: str, args: list[str]) -> None:
         ports = [self._ports.pop() for _ in range(4)]
+        # A temp dir per node, as on separate machines: one shared logs folder would have both
+        # nodes' log monitors stream every worker's output (each line twice, twice the work).
         cmd = [str(VENV_BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-               f"--temp-dir={self.temp_dir}", f"--dashboard-agent-listen-port={ports[0]}",
+               f"--temp-dir={self.temp_dir}/{name}", f"--dashboard-agent-listen-port={ports[0]}",
                f"--dashboard-agent-grpc-port={ports[1]}", f"--runtime-env-agent-port={ports[2]}",
                f"--metrics-export-port={ports[3]}", *args]
         log = open(self.logs / f"{name}.log", "w")

@@ -109,14 +109,13 @@ def test_training_spreads_over_both_raylets_and_its_checkpoint_loads(trained, pr
 
 def test_a_score_job_writes_every_row_where_the_user_asked(trained, project, ray_cluster, digits,
                                                           monkeypatch, capsys):
-    result = run(sys.executable, "-m", "distdl", "submit", "--address", ray_cluster.address,
-                 "score", "--checkpoint", "runs/cluster_digits/best", "--input", str(digits["holdout"]),
-                 "--output", "out/scores", "--batch-size", "64", "--max-actors", "1",
-                 cwd=project, env=client_env(ray_cluster))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"score --checkpoint {project / 'runs' / 'cluster_digits' / 'best'}" in result.stdout
-    job_id = submission_id(result.stdout)
+    monkeypatch.chdir(project)
     monkeypatch.setenv("RAY_AUTH_TOKEN", ray_cluster.token)
+    code, out = distdl_main(capsys, "submit", "--address", ray_cluster.address, "score",
+                            "--checkpoint", "runs/cluster_digits/best", "--input", str(digits["holdout"]),
+                            "--output", "out/scores", "--max-actors", "1")
+    assert code == 0 and f"score --checkpoint {project / 'runs' / 'cluster_digits' / 'best'}" in out
+    job_id = submission_id(out)
     code, logs = distdl_main(capsys, "jobs", "logs", job_id, "--follow", "--address", ray_cluster.address)
     assert code == 0, logs[-3000:]
     assert logs.rstrip().endswith(f"job {job_id} SUCCEEDED")
@@ -148,19 +147,21 @@ def test_a_bad_spec_fails_before_any_ray_work_with_its_message_in_the_logs(ray_c
 
 
 def test_jobs_stop_stops_a_running_training_job_and_its_workers(ray_cluster, project, monkeypatch, capsys):
-    result = run(sys.executable, "-m", "distdl", "submit", "jobs/digits.yaml", "--address", ray_cluster.address,
-                 "--set", "name=long", "--set", "train.epochs=100", cwd=project, env=client_env(ray_cluster))
-    assert result.returncode == 0, result.stderr[-3000:]
-    job_id = submission_id(result.stdout)
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_cluster.token)
+    code, out = distdl_main(capsys, "submit", "jobs/digits.yaml", "--address", ray_cluster.address,
+                            "--set", "name=long", "--set", "train.epochs=100", "--set", "scaling.num_workers=1",
+                            "--set", "scaling.cpus_per_worker=1", "--set", "preprocess.fit_rows=64")
+    assert code == 0
+    job_id = submission_id(out)
     ray_job = wait_for(lambda: ray_cluster.ray_job_id(job_id), "the job's driver to start")
 
     def alive_workers() -> list[dict]:
         return [a for a in ray_cluster.actors(ray_job) if a["class_name"] == "RayTrainWorker" and a["state"] == "ALIVE"]
 
-    wait_for(alive_workers, "the training workers to start")
-    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_cluster.token)
+    wait_for(alive_workers, "the training worker to start")
     code, out = distdl_main(capsys, "jobs", "stop", job_id, "--address", ray_cluster.address)
     assert code == 0 and out.strip() == f"{job_id} STOPPED"
-    wait_for(lambda: not alive_workers(), "the stopped job's training workers to exit")
+    wait_for(lambda: not alive_workers(), "the stopped job's training worker to exit")
     code, out = distdl_main(capsys, "jobs", "stop", job_id, "--address", ray_cluster.address)
     assert out.strip() == f"{job_id} had already ended: STOPPED"

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo demo-gan test clean
 
 # torch/torchvision pins resolve to this machine's local wheels (see requirements.txt).
 $(STAMP): requirements.txt pyproject.toml
@@ -19,6 +19,13 @@ demo: $(STAMP)
 	$(PY) -m distdl train jobs/cnn_digits.yaml --fresh
 	$(PY) -m distdl score --checkpoint runs/cnn_digits/best --input data/digits/holdout.parquet \
 		--output out/digits_scores --overwrite
+
+# The GAN family: its judge (the digits CNN; kept if already trained), the GAN, 10,000 samples.
+demo-gan: $(STAMP)
+	$(PY) -m distdl demo-data data/digits
+	$(PY) -m distdl train jobs/cnn_digits.yaml
+	$(PY) -m distdl train jobs/gan_digits.yaml --fresh
+	$(PY) -m distdl score --checkpoint runs/gan_digits/best --generate 10000 --output out/gan_samples --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -x -q --durations=15 tests

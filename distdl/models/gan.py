@@ -35,7 +35,7 @@ class GANConfig:
     batchnorm: bool = True  # off gives exact DDP/single-process parity
     label_smoothing: float = 0.1  # one-sided: the discriminator's target for real images is 1 - this
     beta1: float = 0.5  # Adam/AdamW's first beta for both networks (DCGAN: 0.5 is steadier than 0.9)
-    confidence: float = 0.9  # a sample counts as "confident" when the classifier's top probability >= this
+    confidence: float = 0.5  # a sample counts as "confident" when the classifier's top probability >= this
     # None: taken from the fitted preprocessor (preprocess.image_size / preprocess.channels).
     image_size: Optional[int] = None
     channels: Optional[int] = None

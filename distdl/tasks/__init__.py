@@ -6,7 +6,9 @@ preprocessor and provides, for the worker loop (loop.py) and the Predictor (pred
     metrics, default_best          metric names it reports; the default for checkpoint.best_metric
     output_columns                 the prediction columns it adds in scoring and serving
     loss(model, batch)             -> (scalar loss, rows): one training step's objective
-    eval_sums(model, batch)        -> {name: sum over the batch}; the loop all-reduces them
+                                   (not needed by a task with its own train_step)
+    eval_sums(model, batch)        -> {name: sum over the batch, a number or an array};
+                                   the loop all-reduces them
     eval_metrics(sums)             -> {metric: value} from the group-wide sums
     predict(model, features, **o)  -> {column: list per row} for the decoded, good rows
 

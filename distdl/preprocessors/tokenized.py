@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 
 import ray.data
 
-from distdl.preprocessors.base import BadInputError, encode_labels, fit_classes, require_column, where
+from distdl.preprocessors.base import BadInputError, fit_classes, require_column, transform
 from distdl.specbase import check
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # a fitted vocabulary starts with these (pad = 0)
@@ -81,11 +81,7 @@ class TextPreprocessor:
     # ---- per batch -------------------------------------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw batch -> ragged {"input_ids", "attention_mask"} (+ "y" int64 (N,) when labelled)."""
-        values = batch[self.input_column]
-        out = self.features([self.decode(v, where(batch, i)) for i, v in enumerate(values)])
-        if self.classes and self.label_column in batch:
-            out["y"] = encode_labels(batch[self.label_column], self.classes, batch)
-        return out
+        return transform(self, batch)
 
     def features(self, examples: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Token id arrays (T_i,) -> object columns of (T_i,) arrays; Collate pads them to (N, T_max)."""

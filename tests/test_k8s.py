@@ -50,8 +50,10 @@ def strict(node):
 @pytest.fixture(scope="module")
 def schemas() -> dict[str, jsonschema.Draft7Validator]:
     """A validator per kind, built once (jsonschema.validate would re-check each 1 MB schema)."""
+    paths = sorted(CRDS.glob("ray.io_*.yaml"))
+    assert paths, f"no KubeRay CRDs in {CRDS}: the tests read them from ../shared/kuberay-crds beside the repository"
     found = {}
-    for path in CRDS.glob("ray.io_*.yaml"):
+    for path in paths:
         crd = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)
         (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
         found[crd["spec"]["names"]["kind"]] = jsonschema.Draft7Validator(strict(v1["schema"]["openAPIV3Schema"]))

@@ -40,3 +40,15 @@ def ray_cluster(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for modules of tiny in-process models: a second intra-op thread only
+    adds OpenMP hand-offs, ~10x slower on a busy 2-core machine (measured)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -25,6 +25,8 @@ from distdl.spec import SpecError, TrainSpec, to_dict
 from distdl.tasks import gan_quality
 from distdl.tasks.generation import ImageGeneration
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
+
 SIZE = 16
 GAN_PRE = ImagePreprocessor("image", "", SIZE, 1, [0.5], [0.5], [])  # what the gan family fits: [-1, 1]
 
@@ -35,15 +37,6 @@ def classifier(dest: Path) -> str:
     cfg = models.complete_config("cnn", CNNConfig(width=4), pre)
     torch.manual_seed(0)
     return checkpoint.save(str(dest), models.build_model("cnn", cfg), "cnn", cfg, pre, {}, {"epoch": 0})
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one torch thread is ~10x faster than two on a busy 2-core machine (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

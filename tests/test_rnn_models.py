@@ -17,6 +17,8 @@ from distdl.spec import SpecError, TrainSpec, to_dict
 from distdl.tasks.classification import Classification
 from distdl.tasks.language_model import LanguageModel, row_seed
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
+
 CLASSIFIERS = {
     "lstm": RNNConfig(arch="lstm", hidden_size=12, pool="last"),
     "lstm-bi-mean": RNNConfig(arch="lstm", hidden_size=12, bidirectional=True, pool="mean"),
@@ -25,14 +27,6 @@ CLASSIFIERS = {
 }
 SEQ_PRE = SequencePreprocessor("sequence", "label", 3, [0.0] * 3, [1.0] * 3, ["a", "b", "c", "d"], 64)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a second intra-op thread only adds OpenMP hand-offs (minutes on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def seq_cfg(name: str) -> RNNConfig:

@@ -1,12 +1,14 @@
-"""The command line: help, validation before Ray, and a real train run on an existing cluster."""
+"""The command line: help, validation before Ray, and a real run on an existing cluster."""
 from __future__ import annotations
 
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
 import yaml
 
 from distdl import cli
+from test_predict import tiny_checkpoint
 
 
 def distdl(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -42,20 +44,17 @@ def test_validate_prints_the_resolved_spec(tmp_path, capsys):
     assert printed["train"]["epochs"] == 3 and printed["scaling"]["num_workers"] == "auto"
 
 
-def test_train_on_an_existing_cluster_by_address(ray_session, digits, tmp_path):
-    spec = tmp_path / "job.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "cli", "storage": str(tmp_path / "runs"), "data": {"train": str(digits["train"])},
-        "preprocess": {"image_size": 8, "channels": 1}, "model": {"width": 8},
-    }))
+def test_a_command_joins_an_existing_cluster_by_address(ray_session, digits, tmp_path):
+    """--address works the same for every command (runtime.connect); scoring is the cheapest to
+    run here, since a Train run in a subprocess costs ~50 s on 2 cores (test_cluster trains)."""
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", digits["train"])
     address = ray_session.get_runtime_context().gcs_address
-    result = distdl("train", str(spec), "--set", "train.epochs=1", "--set", "scaling.num_workers=1",
-                    "--address", address)
+    result = distdl("score", "--checkpoint", ckpt, "--input", str(digits["holdout"]),
+                    "--output", str(tmp_path / "scores"), "--address", address)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Connecting to existing Ray cluster at address: {address}" in result.stderr
-    assert "[distdl] layout: 1 worker(s)" in result.stdout
-    assert "done: 1 epochs" in result.stdout
-    assert f"checkpoint: {tmp_path / 'runs' / 'cli' / 'best'}" in result.stdout
+    rows = len(pq.read_table(digits["holdout"]))
+    assert f"rows in: {rows}  rows scored: {rows}  rows with errors: 0" in result.stdout
 
 
 def test_a_missing_data_file_is_a_one_line_error(tmp_path):

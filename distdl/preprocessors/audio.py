@@ -7,6 +7,7 @@ the orthonormal DCT-II of the log-mel frames.
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from math import gcd
 from typing import Iterator, Literal
@@ -61,7 +62,10 @@ class AudioSpec:
 def read_wav(data: bytes, sample_rate: int) -> np.ndarray:
     """WAV bytes (PCM 8/16/24/32-bit or float, any channel count) -> mono float32 in [-1, 1]
     at ``sample_rate``. Raises ValueError for anything that is not a readable WAV file."""
-    rate, samples = scipy.io.wavfile.read(io.BytesIO(data))
+    try:
+        rate, samples = scipy.io.wavfile.read(io.BytesIO(data))
+    except (struct.error, EOFError) as exc:  # scipy's answer to a file cut off inside its header
+        raise ValueError(f"not a complete WAV file: {exc}") from None
     if samples.dtype == np.uint8:  # 8-bit WAV is unsigned, centred on 128
         samples = (samples.astype(np.float32) - 128.0) / 128.0
     elif np.issubdtype(samples.dtype, np.integer):  # 24-bit arrives left-justified in int32

@@ -17,7 +17,7 @@ import ray.data
 
 from distdl.paths import read_bytes
 from distdl.preprocessors import audio
-from distdl.preprocessors.base import BadInputError, JsonState, fit_classes, ragged, require_column, transform
+from distdl.preprocessors.base import BadInputError, JsonState, fit_classes, ragged, require_column, transform, where
 from distdl.specbase import check
 
 

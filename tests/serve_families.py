@@ -162,11 +162,11 @@ def test_generation_follows_each_requests_options_also_when_requests_share_a_bat
     assert len(default) == SERVE["chars"]["max_new_tokens"]  # the model's limit is also the default
 
 
-def test_generated_images_are_those_of_score_generate_with_the_same_seed(app):
+def test_generated_images_are_ids_0_to_n_of_batch_generation_with_the_seed(app):
     answer = app.post_json("digit_gan", "generate-image", {"n": 5, "seed": 3})
     assert answer.status_code == 200, answer.text
     images = [base64.b64decode(png) for png in answer.json()["images"]]
-    # distdl score --generate 5 --seed 3 runs this Predictor over ids 0..4
+    # distdl score --generate 5 --seed 3 runs this Predictor over ids 0..4 (test_gan_train checks it writes these)
     assert images == offline(app, "digit_gan", list(range(5)), seed=3)["image"]
     assert Image.open(io.BytesIO(images[0])).size == (16, 16)
     again = app.post_json("digit_gan", "generate-image", {"n": 2, "seed": 3}).json()["images"]

@@ -33,7 +33,7 @@ from PIL import Image
 from serve_app import KEY_ENV, App, free_port, wait_for
 from serve_families import (  # noqa: F401 (the tests: collected here, so they run against this module's app)
     family_checkpoints, test_bad_input_to_any_family_gets_a_4xx_naming_the_item,
-    test_generated_images_are_those_of_score_generate_with_the_same_seed,
+    test_generated_images_are_ids_0_to_n_of_batch_generation_with_the_seed,
     test_generation_follows_each_requests_options_also_when_requests_share_a_batch,
     test_models_lists_each_task_with_its_input_and_limits, test_sequences_of_numbers_or_vectors_are_classified_as_offline,
     test_texts_are_classified_and_embedded_as_offline, test_wav_clips_are_classified_as_offline_in_every_encoding)

@@ -12,8 +12,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from distdl import checkpoint, serve_body
-from distdl.serve_schema import Limits, ModelInfo, NoParams, Parsed, Task
-from distdl.serve_text import MAX_SEED
+from distdl.serve_schema import MAX_SEED, Limits, ModelInfo, NoParams, Parsed, Task
 
 
 class GenerateImageRequest(BaseModel):

@@ -58,6 +58,14 @@ class Problem(BaseModel):
     detail: str | list[dict[str, Any]]
 
 
+MAX_SEED = 2**63 - 1  # seeds (and gan ids) are non-negative 63-bit integers, as in batch generation
+
+
+def no_options(limits: Limits) -> dict[str, Any]:
+    """A task whose Predictor takes no fixed options in the replica."""
+    return {}
+
+
 class NoParams(BaseModel):
     """A route without query parameters (unknown ones are refused)."""
     model_config = ConfigDict(extra="forbid")
@@ -84,7 +92,7 @@ class Task(NamedTuple):
     parse: Callable[[Request, Limits], Awaitable[Parsed]]  # HTTP request -> rows, options (or HTTPException)
     respond: Callable[[ModelInfo, list[dict], Any], BaseModel]  # (model, Predictor rows, params) -> response
     # The Predictor's fixed options in every replica, from the model's limits (classification: top_k).
-    predictor_options: Callable[[Limits], dict[str, Any]] = lambda limits: {}  # noqa: E731 (a field default)
+    predictor_options: Callable[[Limits], dict[str, Any]] = no_options
 
 
 def problem(status: int, msg: str, loc: list[Any] | None = None, kind: str = "bad_input") -> HTTPException:

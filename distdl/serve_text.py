@@ -14,9 +14,8 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from distdl import checkpoint, serve_body, serve_classify
-from distdl.serve_schema import Limits, ModelInfo, NoParams, Parsed, Task, problem
+from distdl.serve_schema import MAX_SEED, Limits, ModelInfo, NoParams, Parsed, Task, problem
 
-MAX_SEED = 2**63 - 1  # seeds (and gan ids) are non-negative 63-bit integers
 MAX_TEMPERATURE = 100.0  # far past the point where sampling is uniform; bounds the schema for clients
 
 

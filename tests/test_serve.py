@@ -41,7 +41,7 @@ from test_predict import tiny_checkpoint
 
 from distdl import checkpoint, loadgen, score
 from distdl import serve as distdl_serve
-from distdl.serve_api import TASKS
+from distdl.serve.api import TASKS
 
 AUTOSCALED = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 0.5,
               "downscale_delay_s": 2, "look_back_period_s": 11, "max_batch_size": 8, "max_ongoing_requests": 16,

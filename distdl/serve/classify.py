@@ -7,7 +7,7 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from distdl.serve_schema import Limits, ModelInfo
+from distdl.serve.schema import Limits, ModelInfo
 
 
 class ClassifyParams(BaseModel):

@@ -17,7 +17,7 @@ from fastapi import Request
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
-from distdl.serve_schema import Limits, problem
+from distdl.serve.schema import Limits, problem
 
 JSON, OCTETS, MULTIPART = "application/json", "application/octet-stream", "multipart/form-data"
 Model = TypeVar("Model", bound=BaseModel)

@@ -13,8 +13,9 @@ from typing import Any, Optional
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from distdl import checkpoint, serve_body, serve_classify
-from distdl.serve_schema import MAX_SEED, Limits, ModelInfo, NoParams, Parsed, Task, problem
+from distdl import checkpoint
+from distdl.serve import bodies, classify
+from distdl.serve.schema import MAX_SEED, Limits, ModelInfo, NoParams, Parsed, Task, problem
 
 MAX_TEMPERATURE = 100.0  # far past the point where sampling is uniform; bounds the schema for clients
 
@@ -67,12 +68,12 @@ def describe_prompts(checkpoint_path: str) -> dict:
 
 
 async def parse_texts(request: Request, limits: Limits) -> Parsed:
-    texts = (await serve_body.json_request(request, limits, TextRequest)).texts
+    texts = (await bodies.json_request(request, limits, TextRequest)).texts
     return Parsed(_checked(texts, "texts", limits))
 
 
 async def parse_prompts(request: Request, limits: Limits) -> Parsed:
-    body = await serve_body.json_request(request, limits, GenerateTextRequest)
+    body = await bodies.json_request(request, limits, GenerateTextRequest)
     max_new_tokens = limits.max_new_tokens if body.max_new_tokens is None else body.max_new_tokens
     if max_new_tokens > limits.max_new_tokens:
         raise problem(422, f"max_new_tokens {max_new_tokens} is over this model's limit of {limits.max_new_tokens}",
@@ -83,7 +84,7 @@ async def parse_prompts(request: Request, limits: Limits) -> Parsed:
 
 
 def _checked(texts: list[str], field: str, limits: Limits) -> list[str]:
-    serve_body.check_count(len(texts), field, limits)
+    bodies.check_count(len(texts), field, limits)
     for i, text in enumerate(texts):
         if len(text) > limits.max_text_chars:
             raise problem(413, f"text of {len(text)} characters; this model takes at most {limits.max_text_chars}",
@@ -100,12 +101,12 @@ def respond_generated(info: ModelInfo, rows: list[dict], params: NoParams) -> Ge
 
 
 CLASSIFY = Task(path="classify-text", items="texts", summary="Classify texts: top-k classes with probabilities",
-                params=serve_classify.ClassifyParams, request_body=serve_body.json_only(TextRequest),
-                response=serve_classify.ClassifyResponse, describe=describe_classifier, parse=parse_texts,
-                respond=serve_classify.respond, predictor_options=serve_classify.predictor_options)
+                params=classify.ClassifyParams, request_body=bodies.json_only(TextRequest),
+                response=classify.ClassifyResponse, describe=describe_classifier, parse=parse_texts,
+                respond=classify.respond, predictor_options=classify.predictor_options)
 EMBED = Task(path="embed-text", items="texts", summary="Embed texts: one vector per text", params=NoParams,
-             request_body=serve_body.json_only(TextRequest), response=EmbedTextResponse, describe=describe_embedder,
+             request_body=bodies.json_only(TextRequest), response=EmbedTextResponse, describe=describe_embedder,
              parse=parse_texts, respond=respond_embeddings)
 GENERATE = Task(path="generate-text", items="prompts", summary="Continue prompts with a language model",
-                params=NoParams, request_body=serve_body.json_only(GenerateTextRequest), response=GenerateTextResponse,
+                params=NoParams, request_body=bodies.json_only(GenerateTextRequest), response=GenerateTextResponse,
                 describe=describe_prompts, parse=parse_prompts, respond=respond_generated)

@@ -12,8 +12,9 @@ from typing import Union
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from distdl import checkpoint, serve_classify, serve_body
-from distdl.serve_schema import Limits, Parsed, Task
+from distdl import checkpoint
+from distdl.serve import bodies, classify
+from distdl.serve.schema import Limits, Parsed, Task
 
 
 class SequenceRequest(BaseModel):
@@ -29,13 +30,13 @@ def describe(checkpoint_path: str) -> dict:
 
 
 async def parse(request: Request, limits: Limits) -> Parsed:
-    rows = (await serve_body.json_request(request, limits, SequenceRequest)).sequences
-    serve_body.check_count(len(rows), "sequences", limits)
+    rows = (await bodies.json_request(request, limits, SequenceRequest)).sequences
+    bodies.check_count(len(rows), "sequences", limits)
     return Parsed(rows)
 
 
 TASK = Task(path="classify-sequence", items="sequences",
-            summary="Classify numeric sequences: top-k classes with probabilities", params=serve_classify.ClassifyParams,
-            request_body=serve_body.json_only(SequenceRequest),
-            response=serve_classify.ClassifyResponse, describe=describe, parse=parse, respond=serve_classify.respond,
-            predictor_options=serve_classify.predictor_options)
+            summary="Classify numeric sequences: top-k classes with probabilities", params=classify.ClassifyParams,
+            request_body=bodies.json_only(SequenceRequest),
+            response=classify.ClassifyResponse, describe=describe, parse=parse, respond=classify.respond,
+            predictor_options=classify.predictor_options)

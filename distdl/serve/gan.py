@@ -11,8 +11,9 @@ import base64
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from distdl import checkpoint, serve_body
-from distdl.serve_schema import MAX_SEED, Limits, ModelInfo, NoParams, Parsed, Task
+from distdl import checkpoint
+from distdl.serve import bodies
+from distdl.serve.schema import MAX_SEED, Limits, ModelInfo, NoParams, Parsed, Task
 
 
 class GenerateImageRequest(BaseModel):
@@ -34,8 +35,8 @@ def describe(checkpoint_path: str) -> dict:
 
 
 async def parse(request: Request, limits: Limits) -> Parsed:
-    body = await serve_body.json_request(request, limits, GenerateImageRequest)
-    serve_body.check_count(body.n, "images", limits)
+    body = await bodies.json_request(request, limits, GenerateImageRequest)
+    bodies.check_count(body.n, "images", limits)
     return Parsed(list(range(body.n)), {"seed": body.seed})
 
 
@@ -45,5 +46,5 @@ def respond(info: ModelInfo, rows: list[dict], params: NoParams) -> GenerateImag
 
 
 TASK = Task(path="generate-image", items="images", summary="Generate images: N seeded samples as base64 PNG",
-            params=NoParams, request_body=serve_body.json_only(GenerateImageRequest), response=GenerateImageResponse,
+            params=NoParams, request_body=bodies.json_only(GenerateImageRequest), response=GenerateImageResponse,
             describe=describe, parse=parse, respond=respond)

@@ -1,5 +1,5 @@
 """The HTTP API's shared pieces: what each served model is, its request limits, and the
-``Task`` record that the literal task table (serve_api.TASKS) holds for each kind of model.
+``Task`` record that the literal task table (api.TASKS) holds for each kind of model.
 
 Errors anywhere in the API are FastAPI's shape, ``{"detail": str | [{"loc", "msg", "type"}]}``,
 so a client parses one format whatever went wrong.

@@ -7,7 +7,7 @@
     GET  /docs, /openapi.json          the API, generated from the pydantic models
 
 A new kind of model is a new entry in TASKS (its route, schemas and HTTP <-> row
-conversions, see serve_schema.Task) and in SERVED.
+conversions, see schema.Task) and in SERVED.
 """
 # No `from __future__ import annotations` here: FastAPI reads the route closures' annotations
 # at run time, and they name per-task types that only exist inside the closure.
@@ -26,17 +26,17 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from distdl import serve_audio, serve_gan, serve_image, serve_sequence, serve_text
-from distdl.serve_schema import ERROR_RESPONSES, Health, ModelInfo, ModelList, Readiness, Task, problem
+from distdl.serve import audio, gan, image, sequence, text
+from distdl.serve.schema import ERROR_RESPONSES, Health, ModelInfo, ModelList, Readiness, Task, problem
 
 TASKS: dict[str, Task] = {
-    "image_classification": serve_image.TASK,
-    "sequence_classification": serve_sequence.TASK,
-    "audio_classification": serve_audio.TASK,
-    "text_classification": serve_text.CLASSIFY,
-    "text_embedding": serve_text.EMBED,
-    "text_generation": serve_text.GENERATE,
-    "image_generation": serve_gan.TASK,
+    "image_classification": image.TASK,
+    "sequence_classification": sequence.TASK,
+    "audio_classification": audio.TASK,
+    "text_classification": text.CLASSIFY,
+    "text_embedding": text.EMBED,
+    "text_generation": text.GENERATE,
+    "image_generation": gan.TASK,
 }
 # (model.family, its task in distdl.tasks, its input) -> the served task. The input is the
 # preprocessor's kind, or "audio" for sequences read from wav files: the rnn family has three.

@@ -1,7 +1,7 @@
 """Audio classification over HTTP (rnn family with ``preprocess.input: audio``): wav files as
 raw bytes, multipart ``clips`` files or base64 in JSON; the top-k classes out.
 
-The upload handling is the image route's (serve_body); the Predictor reads each wav file
+The upload handling is the image route's (bodies); the Predictor reads each wav file
 and computes its log-mel/MFCC frames in the replica, exactly as batch scoring does.
 """
 from __future__ import annotations
@@ -9,8 +9,9 @@ from __future__ import annotations
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from distdl import checkpoint, serve_classify, serve_body
-from distdl.serve_schema import Limits, Parsed, Task
+from distdl import checkpoint
+from distdl.serve import bodies, classify
+from distdl.serve.schema import Limits, Parsed, Task
 
 
 class AudioRequest(BaseModel):
@@ -27,11 +28,11 @@ def describe(checkpoint_path: str) -> dict:
 
 async def parse(request: Request, limits: Limits) -> Parsed:
     # Bytes only: a string row would be read as a file path by the preprocessor.
-    return Parsed(await serve_body.rows(request, limits, "clips", AudioRequest,
-                                          lambda item, i: serve_body.from_base64(item, ["clips", i])))
+    return Parsed(await bodies.rows(request, limits, "clips", AudioRequest,
+                                          lambda item, i: bodies.from_base64(item, ["clips", i])))
 
 
 TASK = Task(path="classify-audio", items="clips", summary="Classify wav clips: top-k classes with probabilities",
-            params=serve_classify.ClassifyParams, request_body=serve_body.request_body(AudioRequest, "clips", "wav file"),
-            response=serve_classify.ClassifyResponse, describe=describe, parse=parse, respond=serve_classify.respond,
-            predictor_options=serve_classify.predictor_options)
+            params=classify.ClassifyParams, request_body=bodies.request_body(AudioRequest, "clips", "wav file"),
+            response=classify.ClassifyResponse, describe=describe, parse=parse, respond=classify.respond,
+            predictor_options=classify.predictor_options)

@@ -15,8 +15,9 @@ from fastapi import Request
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from distdl import checkpoint, serve_classify, serve_body
-from distdl.serve_schema import Limits, Parsed, Task, problem
+from distdl import checkpoint
+from distdl.serve import bodies, classify
+from distdl.serve.schema import Limits, Parsed, Task, problem
 
 # Integers are 0..255 and floats 0..1: the same rule as pixel columns in batch scoring, so
 # the JSON number type is kept (StrictInt first) rather than coerced to float.
@@ -38,7 +39,7 @@ def describe(checkpoint_path: str) -> dict:
 
 async def parse(request: Request, limits: Limits) -> Parsed:
     """The request's images as Predictor inputs: encoded bytes or pixel arrays."""
-    rows = await serve_body.rows(request, limits, "images", ImageRequest, _from_json)
+    rows = await bodies.rows(request, limits, "images", ImageRequest, _from_json)
     for i, row in enumerate(rows):
         _check_pixels(row, i, limits.max_image_pixels)
     return Parsed(rows)
@@ -46,7 +47,7 @@ async def parse(request: Request, limits: Limits) -> Parsed:
 
 def _from_json(item: str | list, i: int) -> bytes | np.ndarray:
     if isinstance(item, str):
-        return serve_body.from_base64(item, ["images", i])
+        return bodies.from_base64(item, ["images", i])
     try:
         return np.asarray(item)
     except (ValueError, OverflowError) as exc:  # ragged rows, integers beyond int64
@@ -69,6 +70,6 @@ def _check_pixels(row: Any, i: int, max_pixels: int) -> None:
 
 
 TASK = Task(path="classify-image", items="images", summary="Classify images: top-k classes with probabilities",
-            params=serve_classify.ClassifyParams, request_body=serve_body.request_body(ImageRequest, "images", "image file"),
-            response=serve_classify.ClassifyResponse, describe=describe, parse=parse, respond=serve_classify.respond,
-            predictor_options=serve_classify.predictor_options)
+            params=classify.ClassifyParams, request_body=bodies.request_body(ImageRequest, "images", "image file"),
+            response=classify.ClassifyResponse, describe=describe, parse=parse, respond=classify.respond,
+            predictor_options=classify.predictor_options)

@@ -1,7 +1,7 @@
 """distdl serve: checkpoints -> one Ray Serve application, run here or written as a Serve config.
 
-The application is a FastAPI ingress (serve_api) in front of one deployment per checkpoint
-(serve_model.ModelServer, autoscaled). ``build_app`` is its application builder, so a Serve
+The application is a FastAPI ingress (api.Ingress) in front of one deployment per checkpoint
+(model.ModelServer, autoscaled). ``build_app`` is its application builder, so a Serve
 config (``serve deploy``, ``serve run``, a KubeRay RayService) names it as
 
     import_path: distdl.serve:build_app
@@ -25,9 +25,9 @@ from ray.serve import Application
 
 from distdl import checkpoint, models
 from distdl.paths import is_uri
-from distdl.serve_api import SERVED, TASKS, Ingress
-from distdl.serve_model import ModelServer
-from distdl.serve_schema import Limits, ModelInfo
+from distdl.serve.api import SERVED, TASKS, Ingress
+from distdl.serve.model import ModelServer
+from distdl.serve.schema import Limits, ModelInfo
 from distdl.spec import ServeSpec
 from distdl.specbase import SpecError, from_dict
 

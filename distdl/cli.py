@@ -129,10 +129,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser(
         "serve", help="serve checkpoints over HTTP with Ray Serve (or export a Serve config)",
         description="Start Ray Serve (embedded local Ray, or --address) with one autoscaled deployment per "
-        "checkpoint behind a FastAPI ingress, print the URL, and serve until Ctrl-C. Each model's settings "
-        "come from the 'serve' section of its checkpoint's spec.yaml; --set overrides them.",
-        epilog="routes: GET /healthz /readyz /models /docs; POST /models/NAME/classify-image "
-        "(image bytes, multipart 'images' files, or JSON {\"images\": [base64 | pixel array, ...]})")
+        "checkpoint (any model family) behind a FastAPI ingress, print the URL, and serve until Ctrl-C. "
+        "Each model's settings come from the 'serve' section of its checkpoint's spec.yaml; --set overrides them.",
+        epilog="routes: GET /healthz /readyz /models /docs; POST /models/NAME/<task> by the model's task: "
+        "classify-image (cnn), classify-sequence, classify-audio, generate-text (rnn), classify-text, "
+        "embed-text (transformer), generate-image (gan); request shapes: /docs or README 'HTTP API'")
     serve.add_argument("--checkpoint", dest="checkpoints", action="append", required=True, metavar="[NAME=]PATH",
                        help="checkpoint folder; its route name is NAME, else the spec's name (repeatable)")
     serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",

@@ -23,7 +23,8 @@ class Predictor:
 
     ``passthrough`` columns (e.g. the row id) are copied from input to output unchanged;
     ``where_column`` names the column used to say which row an error belongs to;
-    other keyword ``options`` go to the task's ``predict`` (e.g. ``top_k`` for classification).
+    other keyword ``options`` go to the task's ``predict`` (e.g. ``top_k`` for classification);
+    a call may override them.
     """
 
     def __init__(self, checkpoint_path: str, threads: int | None = None, passthrough: Sequence[str] = (),
@@ -34,10 +35,8 @@ class Predictor:
         model, self.pre, meta = checkpoint.load_model(checkpoint_path)
         self.family, self.task_name = meta["family"], models.task_name(meta)
         self.task = tasks.create(self.task_name, self.pre)
-        accepted = list(inspect.signature(self.task.predict).parameters)[2:]  # after (model, features)
-        if set(options) - set(accepted):
-            raise ValueError(f"option(s) {sorted(set(options) - set(accepted))} do not apply to a "
-                             f"{self.task_name} model; it takes {accepted}")
+        self.accepted = list(inspect.signature(self.task.predict).parameters)[2:]  # after (model, features)
+        self._check(options)
         # What each row's input is: data for the preprocessor, or the task's own (a gan's row ids).
         self.inputs = getattr(self.task, "inputs", None) or self.pre
         self.device = torch.device(device)
@@ -50,7 +49,10 @@ class Predictor:
     def output_columns(self) -> tuple[str, ...]:
         return (*self.task.output_columns, "error")
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray], **options: Any) -> dict[str, np.ndarray]:
+        """Prediction columns for ``batch``; ``options`` override the constructor's for this call
+        (serving: a request's own temperature or seed)."""
+        self._check(options)
         values = batch[self.inputs.input_column]
         decoded: list[Any] = []
         errors = np.full(len(values), None, dtype=object)
@@ -62,15 +64,21 @@ class Predictor:
                 errors[i] = str(exc)
         good = [i for i, d in enumerate(decoded) if d is not None]
         out = {name: batch[name] for name in self.passthrough}
-        return {**out, **self._predict([decoded[i] for i in good], good, len(values)), "error": errors}
+        predicted = self._predict([decoded[i] for i in good], good, len(values), {**self.options, **options})
+        return {**out, **predicted, "error": errors}
 
-    def _predict(self, examples: list[Any], good: list[int], n: int) -> dict[str, np.ndarray]:
+    def _check(self, options: dict[str, Any]) -> None:
+        if set(options) - set(self.accepted):
+            raise ValueError(f"option(s) {sorted(set(options) - set(self.accepted))} do not apply to a "
+                             f"{self.task_name} model; it takes {self.accepted}")
+
+    def _predict(self, examples: list[Any], good: list[int], n: int, options: dict[str, Any]) -> dict[str, np.ndarray]:
         """Prediction columns for all ``n`` rows; rows outside ``good`` stay null."""
         columns = {name: np.full(n, None, dtype=object) for name in self.task.output_columns}
         if good:
             features = {k: v.to(self.device) for k, v in to_tensors(self.inputs.features(examples)).items()}
             with torch.inference_mode():
-                predicted = self.task.predict(self.model, features, **self.options)
+                predicted = self.task.predict(self.model, features, **options)
             for name, values in predicted.items():
                 for row, value in zip(good, values):
                     columns[name][row] = value

@@ -135,10 +135,12 @@ class ServeSpec:
     max_body_bytes: int = 8 * 2**20  # larger requests: 413
     max_items_per_request: int = 64  # images (rows) in one request; more: 413
     max_image_pixels: int = 2**24  # width x height of one image; more: 413
+    max_text_chars: int = 20000  # characters in one text or prompt; more: 413
+    max_new_tokens: int = 200  # language models: most (and default) tokens generated per prompt
 
     def problems(self) -> Iterator[tuple[str, str]]:
         for name in ("min_replicas", "max_batch_size", "max_ongoing_requests", "top_k", "max_body_bytes",
-                     "max_items_per_request", "max_image_pixels"):
+                     "max_items_per_request", "max_image_pixels", "max_text_chars", "max_new_tokens"):
             yield from check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         yield from check(self.max_replicas >= self.min_replicas, "max_replicas",
                          f"must be >= min_replicas ({self.min_replicas}), got {self.max_replicas}")

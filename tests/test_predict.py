@@ -70,3 +70,12 @@ def test_bad_rows_get_an_error_and_null_predictions_and_the_rest_are_scored(ckpt
 def test_a_batch_of_only_bad_rows_is_all_errors(ckpt):
     out = Predictor(ckpt)({"image": np.array([b"x", b"y"], dtype=object)})
     assert all(e for e in out["error"]) and list(out["label"]) == [None, None]
+
+
+def test_options_of_a_call_override_the_constructors_for_that_call_only(ckpt, digits):
+    batch = holdout_batch(digits, 4)
+    predictor = Predictor(ckpt, top_k=3)
+    assert [len(t) for t in predictor(batch, top_k=2)["top_labels"]] == [2] * 4
+    assert [len(t) for t in predictor(batch)["top_labels"]] == [3] * 4
+    with pytest.raises(ValueError, match=r"\['seed'\] do not apply to a classification model"):
+        predictor(batch, seed=1)

@@ -1,9 +1,11 @@
 """distdl serve over real HTTP: one Serve app for the module, deployed by `serve run` from the
 config that export_config writes, on the session's local Ray.
 
-Two tiny models are served side by side: "digits" (grayscale 8x8, autoscaled 1..2 with short
-delays) and "digits_rgb" (3-channel 12x12, one replica); each takes its settings from the
-serve section of its own checkpoint, with the export's args laid over both.
+Two tiny image classifiers are served side by side: "digits" (grayscale 8x8, autoscaled 1..2
+with short delays) and "digits_rgb" (3-channel 12x12, one replica), and beside them one model
+of every other served task (serve_families.py builds them and holds their tests, which run
+here, against this app); each takes its settings from the serve section of its own
+checkpoint, with the export's args laid over all.
 """
 from __future__ import annotations
 
@@ -11,13 +13,10 @@ import base64
 import io
 import json
 import os
-import secrets
-import socket
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,59 +30,33 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from PIL import Image
+from serve_app import KEY_ENV, App, free_port, wait_for
+from serve_families import (  # noqa: F401 (the tests: collected here, so they run against this module's app)
+    family_checkpoints, test_bad_input_to_any_family_gets_a_4xx_naming_the_item,
+    test_generated_images_are_ids_0_to_n_of_batch_generation_with_the_seed,
+    test_generation_follows_each_requests_options_also_when_requests_share_a_batch,
+    test_models_lists_each_task_with_its_input_and_limits, test_sequences_of_numbers_or_vectors_are_classified_as_offline,
+    test_texts_are_classified_and_embedded_as_offline, test_wav_clips_are_classified_as_offline_in_every_encoding)
 from test_predict import tiny_checkpoint
 
 from distdl import checkpoint, loadgen, score
 from distdl import serve as distdl_serve
-
-# Set while pytest collects, before the session's Ray starts, so that Serve replicas (Ray
-# workers inherit the raylet's environment) can read the key: the server fails closed without it.
-KEY_ENV = "DISTDL_TEST_SERVE_KEY"
-os.environ.setdefault(KEY_ENV, secrets.token_hex(16))
+from distdl.serve.api import TASKS
 
 AUTOSCALED = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 0.5,
               "downscale_delay_s": 2, "look_back_period_s": 11, "max_batch_size": 8, "max_ongoing_requests": 16,
               "max_body_bytes": 2**20, "max_items_per_request": 8, "max_image_pixels": 64 * 64}
-OVERRIDES = {"cpus_per_replica": 0.5, "threads_per_replica": 1}  # the export's args: for both models
+# The export's args, for every model: 9 replicas at most (digits autoscales to 2) in 4 Ray CPUs.
+OVERRIDES = {"cpus_per_replica": 0.25, "threads_per_replica": 1}
 MODEL_PREFIX = "SERVE_REPLICA::distdl#model-"
 
 
-@dataclass
-class App:
-    url: str
-    checkpoints: dict[str, str]
-    holdout: Path
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {os.environ[KEY_ENV]}"}
-
-    def route(self, model: str = "digits") -> str:
-        return f"{self.url}/models/{model}/classify-image"
-
-    def post(self, body: bytes, content_type: str, model: str = "digits", query: str = "") -> requests.Response:
-        return requests.post(self.route(model) + query, data=body, headers={**self.auth, "Content-Type": content_type})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up after {timeout_s} s waiting for {what}"
-        time.sleep(0.5)
-
-
 def replicas(model: str = "digits") -> set[str]:
-    """Names of the model's live replica actors (a restarted replica gets a new name)."""
+    """Names of the model's live replica actors (a restarted replica gets a new name); "": every model's."""
     import ray
 
-    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["name"].startswith(f"{MODEL_PREFIX}{model}#")}
+    prefix = f"{MODEL_PREFIX}{model}#" if model else MODEL_PREFIX
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)}
 
 
 def replica_states(model: str = "digits") -> dict[str, int]:
@@ -101,7 +74,8 @@ def app(ray_session, digits, tmp_path_factory) -> App:
     gray = tiny_checkpoint(root / "gray", digits["train"], spec={"name": "digits", "serve": AUTOSCALED})
     rgb = tiny_checkpoint(root / "rgb", digits["train"], size=12, channels=3,
                           spec={"name": "digits_rgb", "serve": {"top_k": 3}})
-    config = distdl_serve.export_config([gray, rgb], api_key_env=KEY_ENV, **OVERRIDES)
+    families = family_checkpoints(root, gray)
+    config = distdl_serve.export_config([gray, rgb, *families.values()], api_key_env=KEY_ENV, **OVERRIDES)
     port = free_port()
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     ServeDeploySchema.model_validate(config)
@@ -110,7 +84,7 @@ def app(ray_session, digits, tmp_path_factory) -> App:
     subprocess.run([str(serve_cli), "run", "--non-blocking", "--address", ray_session.get_runtime_context().gcs_address,
                     str(root / "serve.yaml")], check=True, capture_output=True, timeout=300)
     wait_for(lambda: _status(serve) == "RUNNING", 300, "the app to run")
-    yield App(f"http://127.0.0.1:{port}", {"digits": gray, "digits_rgb": rgb}, digits["holdout"])
+    yield App(f"http://127.0.0.1:{port}", {"digits": gray, "digits_rgb": rgb, **families}, digits["holdout"])
     serve.shutdown()
 
 
@@ -123,9 +97,9 @@ def _status(serve) -> str:
 @pytest.fixture
 def no_replica_dies():
     """Every model replica alive before the test is alive, the same actor, after it."""
-    before = replicas("digits") | replicas("digits_rgb")
+    before = replicas("")
     yield
-    assert before <= replicas("digits") | replicas("digits_rgb"), "a model replica died"
+    assert before <= replicas(""), "a model replica died"
 
 
 def holdout_pngs(app: App, n: int) -> tuple[list, list[bytes]]:
@@ -136,18 +110,20 @@ def holdout_pngs(app: App, n: int) -> tuple[list, list[bytes]]:
 # ---- what a client sees ----------------------------------------------------------------------
 def test_probes_and_the_model_list(app):
     assert requests.get(f"{app.url}/healthz").json() == {"status": "ok"}
-    assert requests.get(f"{app.url}/readyz").json() == {"ready": True, "models": {"digits": "ready", "digits_rgb": "ready"}}
+    assert requests.get(f"{app.url}/readyz").json() == {"ready": True, "models": dict.fromkeys(app.checkpoints, "ready")}
     models = {m["name"]: m for m in requests.get(f"{app.url}/models", headers=app.auth).json()["models"]}
-    assert set(models) == {"digits", "digits_rgb"}
+    assert set(models) == set(app.checkpoints)
     for name, path in app.checkpoints.items():
         assert models[name]["checkpoint_id"] == checkpoint.identity(path)
+    for name in ("digits", "digits_rgb"):
         assert models[name]["family"] == "cnn" and models[name]["task"] == "image_classification"
         assert models[name]["route"] == f"/models/{name}/classify-image"
     assert models["digits"]["input"] == {"image_size": 8, "channels": 1, "classes": list(range(10))}
     assert models["digits_rgb"]["input"]["channels"] == 3
     assert models["digits"]["limits"]["max_items_per_request"] == 8  # from its checkpoint's serve section
     assert models["digits_rgb"]["limits"]["top_k"] == 3
-    assert "/models/{name}/classify-image" in requests.get(f"{app.url}/openapi.json").json()["paths"]
+    paths = requests.get(f"{app.url}/openapi.json").json()["paths"]
+    assert {f"/models/{{name}}/{task.path}" for task in TASKS.values()} <= set(paths)  # every task has a route
 
 
 def test_an_image_means_the_same_in_every_encoding(app):

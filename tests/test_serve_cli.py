@@ -25,7 +25,7 @@ def test_help_explains_serving(capsys):
     assert exit.value.code == 0
     out = capsys.readouterr().out
     for words in ("--checkpoint [NAME=]PATH", "--set FIELD=VALUE", "--api-key-env NAME", "--export FILE",
-                  "Ctrl-C", "/models/NAME/classify-image"):
+                  "Ctrl-C", "/models/NAME/<task>", "classify-image (cnn)", "generate-image (gan)"):
         assert words in " ".join(out.split()), words
 
 

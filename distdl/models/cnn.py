@@ -6,12 +6,10 @@ from typing import Iterator, Literal, Optional
 
 import torch
 from torch import nn
-from torchvision import models as tv_models
 
 from distdl.preprocessors import image
 from distdl.specbase import check
 
-RESNETS = {"resnet18": tv_models.resnet18, "resnet34": tv_models.resnet34, "resnet50": tv_models.resnet50}
 
 
 @dataclass
@@ -62,7 +60,12 @@ class SmallCNN(nn.Module):
 
 
 def _resnet(cfg: CNNConfig) -> nn.Module:
-    model = RESNETS[cfg.arch](weights=None, num_classes=cfg.num_classes)
+    # Imported here: torchvision (with the torch._dynamo it pulls in) costs ~1.7 s of CPU per
+    # process, which every serving replica and scoring actor of another model would pay.
+    from torchvision import models as tv_models
+
+    resnets = {"resnet18": tv_models.resnet18, "resnet34": tv_models.resnet34, "resnet50": tv_models.resnet50}
+    model = resnets[cfg.arch](weights=None, num_classes=cfg.num_classes)
     if cfg.stem == "small":
         model.conv1 = nn.Conv2d(cfg.in_channels, 64, 3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()

@@ -7,14 +7,12 @@ the orthonormal DCT-II of the log-mel frames.
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from math import gcd
 from typing import Iterator, Literal
 
 import numpy as np
-import scipy.fft
-import scipy.io.wavfile
-import scipy.signal
 
 from distdl.specbase import check
 
@@ -61,7 +59,13 @@ class AudioSpec:
 def read_wav(data: bytes, sample_rate: int) -> np.ndarray:
     """WAV bytes (PCM 8/16/24/32-bit or float, any channel count) -> mono float32 in [-1, 1]
     at ``sample_rate``. Raises ValueError for anything that is not a readable WAV file."""
-    rate, samples = scipy.io.wavfile.read(io.BytesIO(data))
+    import scipy.io.wavfile  # here, as scipy.signal and .fft below: ~1 s of CPU that only audio models pay
+    import scipy.signal
+
+    try:
+        rate, samples = scipy.io.wavfile.read(io.BytesIO(data))
+    except (struct.error, EOFError) as exc:  # scipy's answer to a file cut off inside its header
+        raise ValueError(f"not a complete WAV file: {exc}") from None
     if samples.dtype == np.uint8:  # 8-bit WAV is unsigned, centred on 128
         samples = (samples.astype(np.float32) - 128.0) / 128.0
     elif np.issubdtype(samples.dtype, np.integer):  # 24-bit arrives left-justified in int32
@@ -101,5 +105,7 @@ def features(samples: np.ndarray, spec: AudioSpec) -> np.ndarray:
     power = spectrum.real ** 2 + spectrum.imag ** 2
     log_mel = np.log(power @ mel_filters(spec.n_mels, spec.n_fft, spec.sample_rate).T + LOG_FLOOR)  # (T, n_mels)
     if spec.features == "mfcc":
+        import scipy.fft
+
         return scipy.fft.dct(log_mel, type=2, axis=1, norm="ortho")[:, :spec.n_mfcc].astype(np.float32)
     return log_mel.astype(np.float32)

@@ -1,5 +1,5 @@
 """The HTTP API's shared pieces: what each served model is, its request limits, and the
-``Task`` record that the literal task table (serve_api.TASKS) holds for each kind of model.
+``Task`` record that the literal task table (api.TASKS) holds for each kind of model.
 
 Errors anywhere in the API are FastAPI's shape, ``{"detail": str | [{"loc", "msg", "type"}]}``,
 so a client parses one format whatever went wrong.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, NamedTuple
 
 from fastapi import HTTPException, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from distdl.spec import ServeSpec
 
@@ -19,22 +19,24 @@ class Limits(BaseModel):
     max_body_bytes: int
     max_items_per_request: int
     max_image_pixels: int
+    max_text_chars: int = Field(description="longest text or prompt, in characters")
+    max_new_tokens: int = Field(description="most tokens a language model generates per prompt")
     top_k: int = Field(description="most labels a response may list per item")
 
     @classmethod
     def of(cls, options: ServeSpec) -> "Limits":
-        return cls(max_body_bytes=options.max_body_bytes, max_items_per_request=options.max_items_per_request,
-                   max_image_pixels=options.max_image_pixels, top_k=options.top_k)
+        return cls(**{name: getattr(options, name) for name in cls.model_fields})
 
 
 class ModelInfo(BaseModel):
     name: str = Field(description="the model's route name")
-    family: str = Field(description="model family of the checkpoint, e.g. 'cnn'")
-    task: str = Field(description="what the model does, e.g. 'image_classification'")
+    family: str = Field(description="model family of the checkpoint: cnn, rnn, transformer or gan")
+    task: str = Field(description="what the model does, e.g. 'image_classification' (a route per task)")
     route: str = Field(description="where to POST inputs")
     checkpoint: str
     checkpoint_id: str = Field(description="hash of the weights and preprocessor (as in distdl score manifests)")
-    input: dict[str, Any] = Field(description="what the model expects, e.g. image size, channels, classes")
+    input: dict[str, Any] = Field(description="what the model expects, e.g. image size, channels, classes; "
+                                  "the request schema of its route is in /openapi.json")
     limits: Limits
 
 
@@ -56,10 +58,30 @@ class Problem(BaseModel):
     detail: str | list[dict[str, Any]]
 
 
+MAX_SEED = 2**63 - 1  # seeds (and gan ids) are non-negative 63-bit integers, as in batch generation
+
+
+def no_options(limits: Limits) -> dict[str, Any]:
+    """A task whose Predictor takes no fixed options in the replica."""
+    return {}
+
+
+class NoParams(BaseModel):
+    """A route without query parameters (unknown ones are refused)."""
+    model_config = ConfigDict(extra="forbid")
+
+
+class Parsed(NamedTuple):
+    """One request as the model replica takes it: its rows, and the task options it sets
+    (e.g. a language model's temperature); requests with equal options share forward passes."""
+    rows: list[Any]
+    options: dict[str, Any] = {}
+
+
 class Task(NamedTuple):
     """How one task is served over HTTP: its route, schemas, and the two conversions
     between HTTP and Predictor rows. Rows cross to the model replica as plain values
-    (bytes, arrays); decoding them is the Predictor's job, as in batch scoring."""
+    (bytes, arrays, text, ids); decoding them is the Predictor's job, as in batch scoring."""
     path: str  # the route is POST /models/{name}/<path>
     items: str  # what a request's rows are called, e.g. "images": error locations name them
     summary: str
@@ -67,8 +89,10 @@ class Task(NamedTuple):
     request_body: dict  # OpenAPI requestBody: the content types accepted and their schemas
     response: type[BaseModel]
     describe: Callable[[str], dict]  # checkpoint path -> ModelInfo.input
-    parse: Callable[[Request, Limits], Awaitable[list[Any]]]  # HTTP request -> rows (or HTTPException)
+    parse: Callable[[Request, Limits], Awaitable[Parsed]]  # HTTP request -> rows, options (or HTTPException)
     respond: Callable[[ModelInfo, list[dict], Any], BaseModel]  # (model, Predictor rows, params) -> response
+    # The Predictor's fixed options in every replica, from the model's limits (classification: top_k).
+    predictor_options: Callable[[Limits], dict[str, Any]] = no_options
 
 
 def problem(status: int, msg: str, loc: list[Any] | None = None, kind: str = "bad_input") -> HTTPException:
@@ -83,7 +107,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         400: "malformed request (e.g. a broken multipart body)",
         401: "missing or wrong API key (when the server has one)",
         404: "unknown model, or a model of another task",
-        413: "body, item count or image pixels over the model's limits",
+        413: "body, item count, image pixels or text length over the model's limits",
         415: "unsupported Content-Type",
         422: "input that cannot be turned into a model input; detail names each bad item",
         503: "a model replica stopped or is starting: retry",

@@ -3,11 +3,11 @@
     GET  /healthz                      liveness: the ingress answers
     GET  /readyz                       every model has a replica with its checkpoint loaded (else 503)
     GET  /models                       names, families, tasks, checkpoint ids, input schemas, limits
-    POST /models/{name}/<task path>    one route per task in TASKS, e.g. classify-image
+    POST /models/{name}/<task path>    one route per task in TASKS, e.g. classify-image, generate-text
     GET  /docs, /openapi.json          the API, generated from the pydantic models
 
 A new kind of model is a new entry in TASKS (its route, schemas and HTTP <-> row
-conversions, see serve_schema.Task) and in FAMILY_TASK.
+conversions, see schema.Task) and in SERVED.
 """
 # No `from __future__ import annotations` here: FastAPI reads the route closures' annotations
 # at run time, and they name per-task types that only exist inside the closure.
@@ -26,13 +26,29 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from distdl import serve_image
-from distdl.serve_schema import ERROR_RESPONSES, Health, ModelInfo, ModelList, Readiness, Task, problem
+from distdl.serve import audio, gan, image, sequence, text
+from distdl.serve.schema import ERROR_RESPONSES, Health, ModelInfo, ModelList, Readiness, Task, problem
 
 TASKS: dict[str, Task] = {
-    "image_classification": serve_image.TASK,
+    "image_classification": image.TASK,
+    "sequence_classification": sequence.TASK,
+    "audio_classification": audio.TASK,
+    "text_classification": text.CLASSIFY,
+    "text_embedding": text.EMBED,
+    "text_generation": text.GENERATE,
+    "image_generation": gan.TASK,
 }
-FAMILY_TASK = {"cnn": "image_classification"}  # model.family -> task; one entry per servable family
+# (model.family, its task in distdl.tasks, its input) -> the served task. The input is the
+# preprocessor's kind, or "audio" for sequences read from wav files: the rnn family has three.
+SERVED: dict[tuple[str, str, str], str] = {
+    ("cnn", "classification", "image"): "image_classification",
+    ("rnn", "classification", "sequence"): "sequence_classification",
+    ("rnn", "classification", "audio"): "audio_classification",
+    ("rnn", "language_model", "chars"): "text_generation",
+    ("transformer", "classification", "text"): "text_classification",
+    ("transformer", "embedding", "text"): "text_embedding",
+    ("gan", "image_generation", "image"): "image_generation",
+}
 READY_TIMEOUT_S = 2.0
 UNAVAILABLE = (RayActorError, BackPressureError, DeploymentUnavailableError)  # includes ActorDiedError
 
@@ -130,9 +146,9 @@ def _task_route(task_name: str, task: Task, models: dict[str, ModelInfo], handle
             raise problem(404, f"unknown model {name!r}; served: {sorted(models)}")
         if info.task != task_name:
             raise problem(404, f"model {name!r} does {info.task}, not {task_name}: POST {info.route}")
-        rows = await task.parse(request, info.limits)
+        parsed = await task.parse(request, info.limits)
         try:
-            outputs = await handles[name].predict.remote(rows)
+            outputs = await handles[name].predict.remote(parsed.rows, parsed.options)
         except UNAVAILABLE:
             raise HTTPException(503, f"model {name!r} has no live replica right now; retry",
                                 headers={"Retry-After": "1"}) from None

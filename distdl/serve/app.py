@@ -1,7 +1,7 @@
 """distdl serve: checkpoints -> one Ray Serve application, run here or written as a Serve config.
 
-The application is a FastAPI ingress (serve_api) in front of one deployment per checkpoint
-(serve_model.ModelServer, autoscaled). ``build_app`` is its application builder, so a Serve
+The application is a FastAPI ingress (api.Ingress) in front of one deployment per checkpoint
+(model.ModelServer, autoscaled). ``build_app`` is its application builder, so a Serve
 config (``serve deploy``, ``serve run``, a KubeRay RayService) names it as
 
     import_path: distdl.serve:build_app
@@ -23,11 +23,11 @@ from typing import Any, Optional
 from ray import serve
 from ray.serve import Application
 
-from distdl import checkpoint
+from distdl import checkpoint, models
 from distdl.paths import is_uri
-from distdl.serve_api import FAMILY_TASK, TASKS, Ingress
-from distdl.serve_model import ModelServer
-from distdl.serve_schema import Limits, ModelInfo
+from distdl.serve.api import SERVED, TASKS, Ingress
+from distdl.serve.model import ModelServer
+from distdl.serve.schema import Limits, ModelInfo
 from distdl.spec import ServeSpec
 from distdl.specbase import SpecError, from_dict
 
@@ -68,9 +68,7 @@ def _load(entry: str, overrides: dict[str, Any]) -> Served:
     if not checkpoint.is_complete(path):
         raise FileNotFoundError(f"{path} is not a complete distdl checkpoint")
     spec = checkpoint.load_spec(path)
-    family = spec.get("model", {}).get("family", "cnn")
-    if family not in FAMILY_TASK:
-        raise ValueError(f"{path}: model family {family!r} cannot be served yet; servable: {sorted(FAMILY_TASK)}")
+    family, task = served_task(path)
     name = given_name or spec.get("name")
     if not name:
         raise ValueError(f"{path}: its spec.yaml has no name; serve it as NAME={path}")
@@ -78,11 +76,21 @@ def _load(entry: str, overrides: dict[str, Any]) -> Served:
     options = from_dict(ServeSpec, {**(spec.get("serve") or {}), **overrides}, "serve", problems)
     if problems:
         raise SpecError(problems)
-    task = FAMILY_TASK[family]
     info = ModelInfo(name=name, family=family, task=task, route=f"/models/{name}/{TASKS[task].path}",
                      checkpoint=path, checkpoint_id=checkpoint.identity(path), input=TASKS[task].describe(path),
                      limits=Limits.of(options))
     return Served(info, options)
+
+
+def served_task(path: str) -> tuple[str, str]:
+    """(model family, served task) of a checkpoint: SERVED by family, task and input kind."""
+    meta = checkpoint.load_meta(path)
+    pre = checkpoint.load_preprocessor(path)
+    key = (meta["family"], models.task_name(meta), "audio" if getattr(pre, "audio", None) else pre.kind)
+    if key not in SERVED:
+        raise ValueError(f"{path}: a {key[0]} {key[1]} model over {key[2]} input cannot be served; servable "
+                         f"(family, task, input): {sorted(SERVED)}")
+    return key[0], SERVED[key]
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -116,7 +124,8 @@ def _model_deployment(served: Served) -> Application:
         name=f"model-{served.info.name}", max_ongoing_requests=o.max_ongoing_requests,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         ray_actor_options={"num_cpus": o.cpus_per_replica, "num_gpus": o.gpus_per_replica}, **scaling)
-    return deployment.bind(served.info.checkpoint, o.top_k, threads, "cuda" if o.gpus_per_replica else "cpu",
+    options = TASKS[served.info.task].predictor_options(served.info.limits)
+    return deployment.bind(served.info.checkpoint, options, threads, "cuda" if o.gpus_per_replica else "cpu",
                            o.max_batch_size, o.batch_wait_timeout_s)
 
 

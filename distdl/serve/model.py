@@ -1,0 +1,67 @@
+"""The model deployment: one checkpoint's Predictor in each replica, with @serve.batch
+gathering the rows of concurrent requests into one forward pass.
+
+The Predictor is the same class batch scoring runs, so a row means the same thing online
+and offline; a bad row comes back with its ``error`` set, never as an exception that would
+fail the other requests in its batch. A request may set task options (a language model's
+temperature, a gan's seed): a batch runs one forward pass per distinct set of options.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, NamedTuple
+
+import numpy as np
+from ray import serve
+
+from distdl.predict import Predictor
+
+INDEX = "index"  # each row's position in its request: Predictor errors name it
+
+
+class Row(NamedTuple):
+    value: Any  # what the Predictor decodes: bytes, an array, a text, an id
+    index: int
+    options: tuple[tuple[str, Any], ...]  # the request's task options, sorted: rows with equal ones batch together
+
+
+@serve.deployment
+class ModelServer:
+    def __init__(self, checkpoint_path: str, options: dict[str, Any], threads: int, device: str,
+                 max_batch_size: int, batch_wait_timeout_s: float):
+        self.predictor = Predictor(checkpoint_path, threads=threads, device=device, where_column=INDEX, **options)
+        self.input_column = self.predictor.inputs.input_column
+        # @serve.batch takes its sizes at class definition; each deployment sets its own here.
+        self._predict_rows.set_max_batch_size(max_batch_size)
+        self._predict_rows.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    async def predict(self, values: list[Any], options: dict[str, Any]) -> list[dict]:
+        """One request's inputs -> one Predictor output row each (``error`` set for bad ones)."""
+        key = tuple(sorted(options.items()))
+        return list(await asyncio.gather(*(self._predict_rows(Row(v, i, key)) for i, v in enumerate(values))))
+
+    async def ready(self) -> bool:
+        """Answers once the constructor has loaded the model: the readiness probe."""
+        return True
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _predict_rows(self, rows: list[Row]) -> list[dict]:
+        groups: dict[tuple, list[int]] = {}
+        for j, row in enumerate(rows):
+            groups.setdefault(row.options, []).append(j)
+        out: list[dict] = [{}] * len(rows)
+        for options, members in groups.items():
+            # The forward pass blocks; in a thread it leaves the replica's event loop free to take
+            # the next requests (the next batch fills meanwhile) and to answer health checks.
+            answers = await asyncio.to_thread(self._forward, [rows[j] for j in members], dict(options))
+            for j, answer in zip(members, answers):
+                out[j] = answer
+        return out
+
+    def _forward(self, rows: list[Row], options: dict[str, Any]) -> list[dict]:
+        values = np.empty(len(rows), dtype=object)  # one cell per row: bytes, or an array of any shape
+        for j, row in enumerate(rows):
+            values[j] = row.value
+        batch = {self.input_column: values, INDEX: np.array([row.index for row in rows])}
+        columns = self.predictor(batch, **options)
+        return [{name: column[j] for name, column in columns.items()} for j in range(len(rows))]

@@ -36,7 +36,7 @@ from distdl.demo_data import TOPICS, sentence
 from distdl.layout import Cluster, resolve
 from distdl.loop import make_optimizer
 from distdl.models.transformer import TransformerConfig
-from distdl.preprocessors import text
+from distdl.preprocessors import tokenized
 from distdl.spec import JobSpec, parse
 from train_throughput import distdl_steady  # the sibling benchmark's steady-state reading of a distdl run
 
@@ -62,7 +62,7 @@ def write_parquet(path: Path, texts: list[str], labels: list[str]) -> str:
 def plain(texts: list[str], labels: list[str], epochs: int) -> float:
     """Global samples/s of a single-process loop over the same tokenized rows and model."""
     torch.set_num_threads(os.cpu_count())
-    pre = text.TextPreprocessor("text", "label", MAX_LENGTH, True, text.fit_wordpiece(texts, VOCAB, True),
+    pre = tokenized.TextPreprocessor("text", "label", MAX_LENGTH, True, tokenized.fit_wordpiece(texts, VOCAB, True),
                                 sorted(set(labels)))
     rows = pre({"text": np.array(texts, dtype=object), "label": np.array(labels, dtype=object)})
     cfg = models.complete_config("transformer", TransformerConfig(**MODEL), pre)

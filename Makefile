@@ -34,6 +34,7 @@ demo-gan: $(STAMP)
 	$(PY) -m distdl score --checkpoint runs/gan_digits/best --generate 10000 --output out/gan_samples --overwrite
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check distdl tests benchmarks scripts
 	$(PY) -m pytest -x -q --durations=15 tests
 
 clean:

@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.io.wavfile
-from PIL import Image
 from sklearn.datasets import load_digits
 
 from distdl.preprocessors.image import png_bytes

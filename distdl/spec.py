@@ -16,7 +16,7 @@ import yaml
 
 from distdl import checkpoint, models, tasks
 from distdl.paths import exists, is_uri
-from distdl.specbase import SpecError, check, from_dict, join, to_dict, unknown_key
+from distdl.specbase import SpecError, check, from_dict, to_dict, unknown_key
 
 Auto = Literal["auto"]
 DATA_FORMATS = ("parquet", "csv", "jsonl", "image_folder", "text", "audio_folder")

@@ -31,10 +31,10 @@ def same_rows(tmp_path_factory, digits):
     table = pq.read_table(digits["train"]).slice(0, 60)
     (root / "png").mkdir()
     paths = []
-    for i, (image, label) in enumerate(zip(table["image"].to_pylist(), table["label"].to_pylist())):
+    for i, (png, label) in enumerate(zip(table["image"].to_pylist(), table["label"].to_pylist())):
         folder = root / "folder" / str(label)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{i:03d}.png").write_bytes(image)
+        (folder / f"{i:03d}.png").write_bytes(png)
         paths.append(str(folder / f"{i:03d}.png"))
     by_path = pa.table({"id": pa.array(range(60)), "image": paths, "label": table["label"]})
     pq.write_table(table.set_column(0, "id", pa.array(range(60))), root / "bytes.parquet")

@@ -103,7 +103,7 @@ def test_the_spec_names_bad_gan_fields_and_picks_fid_as_best(tmp_path, monkeypat
     assert found["preprocess.image_size"] == "must be 16 | 28 | 32 | 64, got 20"
     assert "preprocess.augment[0]" in found
     monkeypatch.chdir(tmp_path)  # a relative classifier path is resolved like data paths, and checked
-    (tmp_path / "job.yaml").write_text(f"name: g\ndata: {{train: d.parquet}}\nmodel: {{family: gan, classifier: c/best}}\n")
+    (tmp_path / "job.yaml").write_text("name: g\ndata: {train: d.parquet}\nmodel: {family: gan, classifier: c/best}\n")
     spec = specmod.load(tmp_path / "job.yaml")
     assert spec.model.classifier == str(tmp_path / "c/best")
     assert specmod.path_problems(spec) == [("model.classifier", f"not found: {tmp_path / 'c/best'}")]

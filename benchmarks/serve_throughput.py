@@ -136,8 +136,8 @@ def run_distdl(ckpt: str, model: str, seconds: float, max_batch_size: int, port:
 
     from distdl import serve as distdl_serve
 
-    options = {"max_batch_size": max_batch_size, "max_ongoing_requests": 64, "batch_wait_timeout_s": 0.005,
-               "cpus_per_replica": 1, "threads_per_replica": os.cpu_count()}
+    options = {"max_batch_size": max_batch_size, "max_ongoing_requests": 64, "cpus_per_replica": 1,
+               "threads_per_replica": os.cpu_count()}
     app = distdl_serve.build_app({"checkpoints": [f"bench={ckpt}"], **options})
     serve.run(app, name=distdl_serve.APP_NAME, route_prefix="/")
     try:

@@ -126,7 +126,9 @@ class ServeSpec:
     downscale_delay_s: float = 600.0
     look_back_period_s: float = 30.0  # the autoscaler averages ongoing requests over this window (> 10 s)
     max_batch_size: int = 16  # rows gathered from concurrent requests into one forward pass
-    batch_wait_timeout_s: float = 0.005  # longest wait for a batch to fill
+    # Longest wait for more rows once one arrives at an idle replica. Under load batches fill
+    # without it: rows that arrive during a forward pass go together into the next one.
+    batch_wait_timeout_s: float = 0.0
     max_ongoing_requests: int = 32  # per replica; caps what a batch can gather
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0

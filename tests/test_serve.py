@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -30,6 +31,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from PIL import Image
+from ray import serve
 from serve_app import KEY_ENV, App, free_port, wait_for
 from serve_families import (  # noqa: F401 (the tests: collected here, so they run against this module's app)
     family_checkpoints, test_bad_input_to_any_family_gets_a_4xx_naming_the_item,
@@ -42,6 +44,7 @@ from test_predict import tiny_checkpoint
 from distdl import checkpoint, loadgen, score
 from distdl import serve as distdl_serve
 from distdl.serve.api import TASKS
+from distdl.serve.model import ModelServer
 
 AUTOSCALED = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 0.5,
               "downscale_delay_s": 2, "look_back_period_s": 11, "max_batch_size": 8, "max_ongoing_requests": 16,
@@ -60,14 +63,11 @@ def replicas(model: str = "digits") -> set[str]:
 
 
 def replica_states(model: str = "digits") -> dict[str, int]:
-    from ray import serve
-
     return dict(serve.status().applications[distdl_serve.APP_NAME].deployments[f"model-{model}"].replica_states)
 
 
 @pytest.fixture(scope="module")
 def app(ray_session, digits, tmp_path_factory) -> App:
-    from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
     root = tmp_path_factory.mktemp("serve")
@@ -83,12 +83,12 @@ def app(ray_session, digits, tmp_path_factory) -> App:
     serve_cli = Path(sys.executable).with_name("serve")
     subprocess.run([str(serve_cli), "run", "--non-blocking", "--address", ray_session.get_runtime_context().gcs_address,
                     str(root / "serve.yaml")], check=True, capture_output=True, timeout=300)
-    wait_for(lambda: _status(serve) == "RUNNING", 300, "the app to run")
+    wait_for(lambda: _status() == "RUNNING", 300, "the app to run")
     yield App(f"http://127.0.0.1:{port}", {"digits": gray, "digits_rgb": rgb, **families}, digits["holdout"])
     serve.shutdown()
 
 
-def _status(serve) -> str:
+def _status() -> str:
     status = serve.status().applications.get(distdl_serve.APP_NAME)
     assert status is None or status.status != "DEPLOY_FAILED", status.message
     return status.status if status else "NOT_STARTED"
@@ -291,3 +291,48 @@ def test_a_replica_killed_under_load_is_replaced_and_client_retries_lose_nothing
     wait_for(lambda: victim not in replicas() and replica_states().get("RUNNING", 0) >= 1, 180,
              "Serve to replace the killed replica")
     assert app.post(png, "application/octet-stream").status_code == 200
+
+
+# ---- batching inside a model replica ---------------------------------------------------------
+@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
+class HeldModelServer(ModelServer.func_or_class):
+    """The model deployment, holding its first forward pass until ``release`` exists and
+    noting the rows of every pass and how many requests have reached the replica."""
+
+    def __init__(self, release: str, *args: Any):
+        super().__init__(*args)
+        self.release, self.passes, self.arrived = Path(release), [], 0
+
+    async def predict(self, values: list[Any], options: dict[str, Any]) -> list[dict]:
+        self.arrived += 1
+        return await super().predict(values, options)
+
+    def _forward(self, rows: list, options: dict[str, Any]) -> list[dict]:
+        self.passes.append(len(rows))
+        while len(self.passes) == 1 and not self.release.exists():
+            time.sleep(0.01)
+        return super()._forward(rows, options)
+
+    async def seen(self) -> tuple[int, list[int]]:
+        return self.arrived, self.passes
+
+
+@pytest.mark.parametrize("batch_wait_timeout_s", [0.0, 0.005])
+def test_requests_that_arrive_during_a_forward_pass_go_together_into_the_next(app, tmp_path, batch_wait_timeout_s):
+    """Ray 2.60's @serve.batch alone forms the next batch as soon as a pass starts, so a slow
+    pass was followed by batches of one row; ModelServer's gate makes rows wait and go together."""
+    _, pngs = holdout_pngs(app, 1 + 3 * 8)
+    release = tmp_path / "release"
+    handle = serve.run(HeldModelServer.bind(str(release), app.checkpoints["digits"], {}, 1, "cpu", 8,
+                                            batch_wait_timeout_s), name="held", route_prefix=None)
+    try:
+        first = handle.predict.remote([pngs[0]], {})
+        wait_for(lambda: handle.seen.remote().result()[1] == [1], 60, "the first forward pass to start")
+        rest = [handle.predict.remote([png], {}) for png in pngs[1:]]
+        wait_for(lambda: handle.seen.remote().result()[0] == len(pngs), 60, "every request to reach the replica")
+        release.touch()
+        answers = [response.result() for response in [first, *rest]]
+        assert [a[0]["error"] for a in answers] == [None] * len(pngs)
+        assert handle.seen.remote().result()[1] == [1, 8, 8, 8]
+    finally:
+        serve.delete("held")

@@ -44,6 +44,17 @@ class Resources:
         # Actors decode and run the model; reading still needs a CPU, or the pool starves it.
         return max(1, int((total.get("CPU", 1) - 1) / self.cpus))
 
+    def check_fits(self) -> None:
+        """An actor that no node can hold would leave the pool waiting forever: refuse it now, as
+        training refuses use_gpu without GPUs. (An autoscaling cluster adds nodes of the kinds it
+        already has, so its largest node is what an actor must fit.)"""
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        for flag, kind, wanted in (("--cpus", "CPU", self.cpus), ("--gpus", "GPU", self.gpus)):
+            largest = max((node.get(kind, 0.0) for node in nodes), default=0.0)
+            if wanted > largest:
+                raise ValueError(f"{flag} {wanted:g} per actor, but the largest node of this Ray cluster has "
+                                 f"{largest:g} {kind}s: no scoring actor could start")
+
     def pool(self) -> ray.data.ActorPoolStrategy:
         top = self.max_size()
         return ray.data.ActorPoolStrategy(min_size=min(self.min_actors, top), max_size=top)
@@ -107,6 +118,7 @@ def generate(checkpoint_path: str, count: int, output_path: str, resources: Reso
 def _run(checkpoint_path: str, raw: ray.data.Dataset, output_path: str, resources: Resources,
          id_column: str | None, overwrite: bool, options: dict) -> Summary:
     started = time.perf_counter()
+    resources.check_fits()
     output_path = output_path if is_uri(output_path) else str(Path(output_path).absolute())  # Ray needs absolute
     id_column = id_column or next((c for c in ("id", "path") if c in raw.columns()), None)
     manifest = {"checkpoint": checkpoint_path, "identity": checkpoint.identity(checkpoint_path),

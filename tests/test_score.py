@@ -78,3 +78,11 @@ def test_another_checkpoint_is_refused_unless_overwrite(ckpt, digits, tmp_path):
     assert again.rows_this_run == 0 and again.rows_out == again.rows_in
     replaced = score.score(other, str(digits["holdout"]), out, SMALL, overwrite=True)
     assert replaced.rows_out == replaced.rows_in == len(rows_by_id(out))
+
+
+@pytest.mark.parametrize("asked, flag", [({"gpus": 1.0}, "--gpus 1 per actor"), ({"cpus": 1000.0}, "--cpus 1000 per actor")])
+def test_actors_no_node_can_hold_are_refused_before_anything_is_written(ckpt, digits, tmp_path, asked, flag):
+    """The session's Ray has no GPU and a few CPUs: such a pool would wait forever."""
+    with pytest.raises(ValueError, match=flag):
+        score.score(ckpt, str(digits["holdout"]), str(tmp_path / "out"), score.Resources(**asked))
+    assert not (tmp_path / "out").exists()

@@ -21,8 +21,10 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> No
         ray.init(address=address, log_to_driver=True)
     else:
         # "local": a new embedded Ray even when a `ray start` cluster runs on this machine
-        # (address=None would silently join it).
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+        # (address=None would silently join it). The dashboard serves Ray's state API, which Ray
+        # Train 2.60's placement-group cleaner polls: without it every training job logged
+        # "Failed to query Ray Train Controller actor state" every second. (Port 8265, or a free one.)
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=True,
                  log_to_driver=True)
     _limit_parquet_footer_readers()
 

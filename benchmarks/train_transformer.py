@@ -91,13 +91,14 @@ def plain(texts: list[str], labels: list[str], epochs: int) -> float:
 
 
 # ---- (c) distdl ----------------------------------------------------------------------------
-def distdl_spec(folder: Path, train_path: str, val_path: str, rows: int, epochs: int) -> JobSpec:
+def distdl_spec(folder: Path, train_path: str, val_path: str, rows: int, epochs: int, cache: bool) -> JobSpec:
     return parse({
         "name": "bench_transformer", "storage": str(folder / "runs"),
         "data": {"train": train_path, "val": val_path},
         "model": {"family": "transformer", **MODEL},
         "preprocess": {"max_length": MAX_LENGTH, "vocab_size": VOCAB, "fit_rows": rows},
-        "train": {"epochs": epochs, "batch_size": BATCH, "schedule": "constant", "shuffle": True, **OPTIMIZER},
+        "train": {"epochs": epochs, "batch_size": BATCH, "schedule": "constant", "shuffle": True, "cache": cache,
+                  **OPTIMIZER},
     })
 
 
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3,
                         help="distdl epochs, >= 2; the first is warm-up, plain PyTorch times epochs - 1 "
                              "(default: %(default)s)")
+    parser.add_argument("--cache", action="store_true", help="distdl with train.cache: tokenize once, not every epoch")
     args = parser.parse_args()
     if args.epochs < 2 or args.rows < BATCH:
         parser.error(f"need --epochs >= 2 and --rows >= {BATCH}")
@@ -115,14 +117,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="distdl-bench-") as tmp:
         folder = Path(tmp)
         spec = distdl_spec(folder, write_parquet(folder / "train.parquet", texts, labels),
-                           write_parquet(folder / "val.parquet", *sentences(VAL_ROWS, seed=1)), args.rows, args.epochs)
+                           write_parquet(folder / "val.parquet", *sentences(VAL_ROWS, seed=1)), args.rows, args.epochs,
+                           args.cache)
         layout = resolve(spec.scaling, Cluster.current())
         a = plain(texts, labels, args.epochs - 1)  # first, while Ray is idle
         print(f"(a) plain PyTorch: {a:.1f} samples/s", flush=True)
         c, wait = distdl_steady(spec)
     print(f"\n{'setup':<24}{'workers x threads':>18}{'samples/s':>11}{'ingest wait':>13}")
     print(f"{'(a) plain PyTorch':<24}{f'1 x {os.cpu_count()}':>18}{a:>11.1f}{'-':>13}")
-    print(f"{'(c) distdl, auto':<24}{f'{layout.num_workers} x {layout.threads_per_worker}':>18}{c:>11.1f}{wait:>13.1%}")
+    print(f"{'(c) distdl, auto' + (', cache' if args.cache else ''):<24}{f'{layout.num_workers} x {layout.threads_per_worker}':>18}{c:>11.1f}{wait:>13.1%}")
     print(f"\n(c) / (a) = {c / a:.3f}")
 
 

@@ -54,6 +54,10 @@ class TrainSpec:
     grad_clip: Optional[float] = None  # max global gradient norm
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast
     shuffle: bool = True  # random block order + local shuffle buffer
+    # Preprocess once and keep the model-input rows in Ray's object store (spilling to disk) for
+    # every epoch, instead of decoding/tokenizing each row again each epoch. Augmentation still
+    # runs per epoch, after the cache.
+    cache: bool = False
     seed: int = 0
 
     def problems(self) -> Iterator[tuple[str, str]]:

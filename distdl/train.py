@@ -55,13 +55,17 @@ def _preprocessor(spec: JobSpec, train_raw: ray.data.Dataset, resume_from: Optio
 
 def build_datasets(spec: JobSpec, pre: Any, train_raw: ray.data.Dataset,
                    val_raw: ray.data.Dataset) -> dict[str, ray.data.Dataset]:
-    """Lazy train/val pipelines of model-input batches; augmentation on train only."""
-    train_ds = train_raw.map_batches(pre, batch_format="numpy")
+    """Train/val pipelines of model-input batches (lazy, or preprocessed once with
+    ``train.cache``); augmentation on train only, every epoch."""
+    train_ds, val_ds = (raw.map_batches(pre, batch_format="numpy") for raw in (train_raw, val_raw))
+    if spec.train.cache:
+        print("[distdl] train.cache: preprocessing the train and val rows once ...", flush=True)
+        train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
     for step in models.FAMILIES[spec.model_family].augmentations(spec.preprocess):
         train_ds = train_ds.map_batches(step, batch_format="numpy")
     if spec.train.shuffle:
         train_ds = train_ds.randomize_block_order(seed=None)
-    return {"train": train_ds, "val": val_raw.map_batches(pre, batch_format="numpy")}
+    return {"train": train_ds, "val": val_ds}
 
 
 def _trainer(spec: JobSpec, layout: Layout, datasets: dict, config: dict) -> TorchTrainer:

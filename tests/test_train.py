@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import hooks
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import ray.cloudpickle
 import torch
 
-from distdl import checkpoint, spec as specmod, train
+from distdl import checkpoint, data, spec as specmod, train
 
 ray.cloudpickle.register_pickle_by_value(hooks)  # workers cannot import the tests folder
 
@@ -119,3 +120,26 @@ def test_keep_k_and_best_copy(ray_session, tiny, tmp_path):
     assert summary.best_epoch == min(losses, key=losses.get)
     best_state, _ = checkpoint.load_train_state(checkpoint.best_dir(spec.run_dir))
     assert best_state["epoch"] == summary.best_epoch
+
+
+def model_inputs(ds) -> list[tuple]:
+    """A dataset's rows, comparable: each as sorted (column, bytes) pairs, in sorted order."""
+    return sorted(tuple((k, np.asarray(v).tobytes()) for k, v in sorted(row.items())) for row in ds.take_all())
+
+
+def test_cached_rows_are_the_lazy_rows_and_outlive_the_input_files(ray_session, tiny, tmp_path):
+    """train.cache preprocesses once: later epochs read Ray's object store, not the input files."""
+    for name in ("train", "val"):
+        shutil.copy(tiny / f"{name}.parquet", tmp_path / f"{name}.parquet")
+    raws = [data.read(str(tmp_path / f"{name}.parquet")) for name in ("train", "val")]
+    lazy_spec, cached_spec = (tiny_spec(tmp_path, tmp_path, "cache", train={"cache": cache}) for cache in (False, True))
+    pre = train._preprocessor(lazy_spec, raws[0], None)
+    lazy = train.build_datasets(lazy_spec, pre, *raws)
+    expected = {name: model_inputs(ds) for name, ds in lazy.items()}
+    cached = train.build_datasets(cached_spec, pre, *raws)
+    for name in ("train", "val"):
+        (tmp_path / f"{name}.parquet").unlink()
+    for _epoch in range(2):
+        assert {name: model_inputs(ds) for name, ds in cached.items()} == expected
+    with pytest.raises(Exception):  # the lazy pipeline reads the files again, and they are gone
+        model_inputs(lazy["train"])

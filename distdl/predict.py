@@ -4,6 +4,8 @@ It loads a checkpoint once (safetensors + JSON, never unpickled) and maps a raw 
 prediction columns: the checkpoint's preprocessor decodes each row, its task (tasks/) turns
 the model's output into columns. Rows that cannot be decoded get an ``error`` message and
 null predictions instead of failing the batch: one bad row must not kill a million-row job.
+The model runs in its family's inference form (``Family.for_inference``), and variable-length
+rows run in length-sorted sub-batches, so a batch of short texts does not pay for its longest.
 """
 from __future__ import annotations
 
@@ -16,6 +18,12 @@ import torch
 from distdl import checkpoint, models, tasks
 from distdl.collate import to_tensors
 from distdl.preprocessors import BadInputError
+
+# On CPU, variable-length rows (tokens, audio frames) run in sub-batches of this many rows
+# sorted by length, each padded only to its own longest row. MiniLM on batches of 256 short
+# sentences, 2 threads: 345 rows/s as one batch, 473 in sorted runs of 32 or 64, 432 of 128,
+# 390 of 16 (smaller matmuls). On a GPU one large batch keeps the device busier: not split.
+SORTED_RUN_ROWS = 64
 
 
 class Predictor:
@@ -40,7 +48,8 @@ class Predictor:
         # What each row's input is: data for the preprocessor, or the task's own (a gan's row ids).
         self.inputs = getattr(self.task, "inputs", None) or self.pre
         self.device = torch.device(device)
-        self.model = model.to(self.device)
+        faster = models.FAMILIES[self.family].for_inference
+        self.model = (faster(model) if faster else model).to(self.device)
         self.options = options
         self.passthrough = list(passthrough)
         self.where_column = where_column
@@ -75,14 +84,28 @@ class Predictor:
     def _predict(self, examples: list[Any], good: list[int], n: int, options: dict[str, Any]) -> dict[str, np.ndarray]:
         """Prediction columns for all ``n`` rows; rows outside ``good`` stay null."""
         columns = {name: np.full(n, None, dtype=object) for name in self.task.output_columns}
-        if good:
-            features = {k: v.to(self.device) for k, v in to_tensors(self.inputs.features(examples)).items()}
+        if not good:
+            return columns
+        features = self.inputs.features(examples)
+        for rows in self._runs(features):
+            run = features if len(rows) == len(examples) else {k: v[rows] for k, v in features.items()}
             with torch.inference_mode():
-                predicted = self.task.predict(self.model, features, **options)
+                predicted = self.task.predict(self.model, {k: v.to(self.device) for k, v in to_tensors(run).items()},
+                                              **options)
             for name, values in predicted.items():
-                for row, value in zip(good, values):
-                    columns[name][row] = value
+                for example, value in zip(rows, values):
+                    columns[name][good[example]] = value
         return columns
+
+    def _runs(self, features: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The examples of each forward pass (indices into ``features``): all at once, or for
+        variable-length rows on CPU, runs of SORTED_RUN_ROWS sorted by length."""
+        n = len(next(iter(features.values())))
+        ragged = next((v for v in features.values() if v.dtype == object), None)
+        if ragged is None or self.device.type != "cpu" or n <= SORTED_RUN_ROWS:
+            return [np.arange(n)]
+        order = np.argsort([len(v) for v in ragged], kind="stable")
+        return [order[i:i + SORTED_RUN_ROWS] for i in range(0, n, SORTED_RUN_ROWS)]
 
     def _where(self, batch: dict[str, np.ndarray], i: int) -> str:
         if self.where_column and self.where_column in batch:

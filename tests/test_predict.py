@@ -11,6 +11,7 @@ import torch
 from distdl import checkpoint, data, models
 from distdl.preprocessors import image
 from distdl.preprocessors.image import ImagePreprocessSpec
+from distdl.models import cnn
 from distdl.models.cnn import CNNConfig
 from distdl.predict import Predictor
 
@@ -49,6 +50,32 @@ def test_scores_match_the_model_on_the_preprocessed_batch(ckpt, digits):
     for labels, p, label in zip(out["top_labels"], out["top_probabilities"], out["label"]):
         assert len(labels) == 3 and labels[0] == label and p == sorted(p, reverse=True)
     assert all(e is None for e in out["error"])
+
+
+def test_a_cnn_scores_with_its_batch_norms_folded_into_its_convs(ckpt, digits, tmp_path):
+    model, pre, meta = checkpoint.load_model(ckpt)
+    torch.manual_seed(1)
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # statistics a run would learn
+        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2), norm.weight.data.uniform_(0.5, 2)
+    cfg = models.config_from_args("cnn", meta["args"])
+    trained = checkpoint.save(str(tmp_path / "trained"), model, "cnn", cfg, pre, {}, {"epoch": 1})
+    predictor = Predictor(trained)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in predictor.model.modules())
+    batch = holdout_batch(digits, 16)
+    with torch.inference_mode():
+        probs = torch.softmax(model.eval()(torch.from_numpy(pre(batch)["x"])), dim=1).numpy()
+    np.testing.assert_allclose(np.array(predictor(batch)["probability"], dtype=float), probs.max(axis=1), rtol=1e-4)
+
+
+def test_resnets_fold_their_batch_norms_too():
+    cfg = CNNConfig(arch="resnet18", in_channels=3, num_classes=5)
+    torch.manual_seed(0)
+    model = models.build_model("cnn", cfg).eval()
+    fast = cnn.for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    x = torch.randn(4, 3, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 def test_bad_rows_get_an_error_and_null_predictions_and_the_rest_are_scored(ckpt, digits):

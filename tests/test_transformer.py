@@ -168,6 +168,24 @@ def test_classifier_bad_rows_become_errors_and_the_rest_score_as_alone(pre, tmp_
     assert out["probability"][4] == pytest.approx(good["probability"][1], rel=1e-5)
 
 
+def test_a_large_batch_runs_in_length_sorted_runs_and_each_row_scores_as_in_one_padded_pass(pre, tmp_path):
+    model, cfg = tiny_bert(pre)
+    path = checkpoint.save(str(tmp_path / "ckpt"), model, "transformer", cfg, pre, {}, {"epoch": 1})
+    texts, _ = topic_rows(150, seed=3)  # 6 to 15 words each
+    predictor = Predictor(path)
+    passes: list[tuple[int, int]] = []  # (rows, padded length) of each forward pass
+    predictor.model.register_forward_pre_hook(
+        lambda _, args, kwargs: passes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    out = predictor(batch_of(texts))
+    assert [rows for rows, _ in passes] == [64, 64, 22]
+    lengths = [length for _, length in passes]
+    assert lengths == sorted(lengths) and lengths[0] < lengths[-1]  # short rows did not pad to the longest
+    with torch.inference_mode():
+        probs = torch.softmax(model.eval()(**to_tensors(pre(batch_of(texts)))), dim=1).numpy()
+    np.testing.assert_allclose(np.array(out["probability"], dtype=float), probs.max(1), rtol=1e-5)
+    assert list(out["label"]) == [TOPIC_NAMES[i] for i in probs.argmax(1)]
+
+
 # ---- MiniLM: a real pretrained folder --------------------------------------------------------
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory) -> str:

@@ -3,8 +3,9 @@
 The path is the same for every family: the spec's ``model`` and ``preprocess`` sections are
 parsed into the family's dataclasses, ``fit`` fits its preprocessor on the driver, ``complete``
 fills config fields taken from the data, ``build`` makes the nn.Module, ``init_weights`` loads
-a fresh run's starting weights (optional; e.g. a pretrained folder), and ``task`` names
-the objective/metrics/prediction columns in ``distdl.tasks``.
+a fresh run's starting weights (optional; e.g. a pretrained folder), ``task`` names
+the objective/metrics/prediction columns in ``distdl.tasks``, and ``for_inference`` (optional)
+gives the Predictor a faster form of the trained model.
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ class Family(NamedTuple):
     # (model, config) -> None: starting weights for a fresh run (e.g. a local pretrained folder);
     # never called on resume or when a checkpoint is loaded. None: the seeded random init.
     init_weights: Optional[Callable[[nn.Module, Any], None]] = None
+    # model in eval mode -> the same function in a faster form for inference only (scoring,
+    # serving); never trained or saved. None: the model as it is.
+    for_inference: Optional[Callable[[nn.Module], nn.Module]] = None
     # Config fields naming a file/folder, or a complete distdl checkpoint: made absolute like data
     # paths and checked before Ray starts (spec.path_problems). Read-only.
     paths: Mapping[str, Literal["file", "checkpoint"]] = {}
@@ -41,7 +45,8 @@ class Family(NamedTuple):
 FAMILIES: dict[str, Family] = {
     "cnn": Family(config=cnn.CNNConfig, preprocess=image.ImagePreprocessSpec, input_column="image",
                   formats=("parquet", "csv", "jsonl", "image_folder"), build=cnn.build, complete=cnn.complete,
-                  fit=cnn.fit_preprocessor, augmentations=cnn.augmentations, task=cnn.task),
+                  fit=cnn.fit_preprocessor, augmentations=cnn.augmentations, task=cnn.task,
+                  for_inference=cnn.for_inference),
     "rnn": Family(config=rnn.RNNConfig, preprocess=sequence.SequencePreprocessSpec, input_column="sequence",
                   formats=("parquet", "csv", "jsonl", "text", "audio_folder"), build=rnn.build, complete=rnn.complete,
                   fit=rnn.fit_preprocessor, augmentations=rnn.augmentations, task=rnn.task,

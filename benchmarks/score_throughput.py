@@ -11,8 +11,10 @@ list<uint8>), or (--model minilm) the pretrained MiniLM sentence-embedding check
       form, variable-length rows in length-sorted runs): what the model form alone is worth;
   (b) ``distdl.score.score`` on an embedded local Ray with its default actor pool.
 
-It prints rows/s of each, the ratios (b)/(a) and (b)/(a') (the cost or gain of Ray Data alone),
-and each as a share of the compute bound: the plain model's forward FLOPs per row (counted on
+Each is timed from the checkpoint's path to the last row's prediction, so loading the model
+counts in all three, as it does for (b)'s actors (Ray itself is started before); only (b)
+also writes its output. It prints rows/s of each, the ratios (b)/(a) and (b)/(a') (the cost
+or gain of Ray Data alone), and each as a share of the compute bound: the plain model's forward FLOPs per row (counted on
 a first batch, padding included) against a measured float32 matmul FLOP/s. (a') and (b) can
 pass 100%: they skip work that the count includes (folded batch norms, padding).
 
@@ -83,9 +85,9 @@ def batches(pre, path: str, limit: int | None = None):
 
 def plain_loop(ckpt: str, path: str) -> float:
     torch.set_num_threads(os.cpu_count())
+    started, rows = time.perf_counter(), 0
     model, pre, meta = checkpoint.load_model(ckpt)
     task = tasks.create(models.FAMILIES[meta["family"]].task(models.config_from_args(meta["family"], meta["args"])), pre)
-    started, rows = time.perf_counter(), 0
     for n, features in batches(pre, path):
         with torch.inference_mode():
             task.predict(model, features)  # the same prediction columns as the Predictor's
@@ -94,8 +96,8 @@ def plain_loop(ckpt: str, path: str) -> float:
 
 
 def predictor_loop(ckpt: str, path: str) -> float:
-    predictor = Predictor(ckpt, threads=os.cpu_count())
     started, rows = time.perf_counter(), 0
+    predictor = Predictor(ckpt, threads=os.cpu_count())
     for batch in raw_batches(path, predictor.inputs.input_column):
         predictor(batch)
         rows += len(batch[predictor.inputs.input_column])

@@ -134,7 +134,7 @@ def _run(checkpoint_path: str, raw: ray.data.Dataset, output_path: str, resource
         ds = raw.map_batches(_drop_done, fn_kwargs={"column": id_column, "done": done}, batch_format="numpy")
     scored = ds.map_batches(
         Predictor, batch_format="numpy", batch_size=resources.batch_size, compute=resources.pool(),
-        num_cpus=resources.cpus, num_gpus=resources.gpus or None,
+        num_cpus=resources.cpus, num_gpus=resources.gpus or None, runtime_env=runtime.model_process_env(),
         fn_constructor_kwargs={"checkpoint_path": checkpoint_path, **options,
                                "threads": resources.threads(), "passthrough": [manifest["id_column"]],
                                "where_column": manifest["id_column"], "device": "cuda" if resources.gpus else "cpu"})

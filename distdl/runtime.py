@@ -40,16 +40,6 @@ def _limit_parquet_footer_readers() -> None:
     os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", str(min(32, max(1, int(cpus // 4)))))
 
 
-def model_process_env() -> dict:
-    """``runtime_env`` for a process that runs a model on CPUs it shares with Ray's own work
-    (reading, writing, the driver): OpenMP threads that spin between parallel regions
-    (libgomp's default) take CPU that work needs and stall whenever one of them is descheduled.
-    MiniLM scoring actor on 2 cores: 341 -> 417 rows/s inside the forward with
-    OMP_WAIT_POLICY=PASSIVE; ResNet-18 163 -> 168. (In a process alone, passive cost ResNet-18
-    5%.) The driver's own OMP_WAIT_POLICY wins."""
-    return {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
-
-
 def warn_if_not_shared(paths: dict[str, Optional[str]]) -> None:
     """On a cluster of several nodes, workers and Ray Data tasks on every node read and write
     these paths (and the driver reads the run back). A local path works only if it is the same

@@ -1,11 +1,7 @@
-"""Readable failures (the user's own error is pulled out of Ray's wrapping); model processes' environment."""
+"""Readable failures: the user's own error is pulled out of Ray's wrapping."""
 from __future__ import annotations
 
-import os
-
-import ray
-
-from distdl.runtime import model_process_env, root_cause
+from distdl.runtime import root_cause
 
 
 def wrapped(inner: str, outer: str) -> Exception:
@@ -29,15 +25,3 @@ def test_distdl_errors_win_over_rays_advice():
 def test_otherwise_the_innermost_error_line_or_the_last_line():
     assert root_cause(wrapped("KeyError: 'x'\nsome advice", "outer")) == "'x'"
     assert root_cause(RuntimeError("just a message\nsecond line")) == "second line"
-
-
-def test_model_processes_run_openmp_threads_that_sleep_instead_of_spinning(ray_session, monkeypatch):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-
-    @ray.remote(num_cpus=0)
-    def wait_policy() -> str | None:
-        return os.environ.get("OMP_WAIT_POLICY")
-
-    assert ray.get(wait_policy.options(runtime_env=model_process_env()).remote()) == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the driver's own setting wins
-    assert ray.get(wait_policy.options(runtime_env=model_process_env()).remote()) == "ACTIVE"

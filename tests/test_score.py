@@ -1,10 +1,13 @@
 """distdl score on the session's real local Ray: nothing lost, bad rows kept, parity, refusal."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 from test_predict import holdout_batch, tiny_checkpoint
 
 from distdl import score
@@ -86,3 +89,15 @@ def test_actors_no_node_can_hold_are_refused_before_anything_is_written(ckpt, di
     with pytest.raises(ValueError, match=flag):
         score.score(ckpt, str(digits["holdout"]), str(tmp_path / "out"), score.Resources(**asked))
     assert not (tmp_path / "out").exists()
+
+
+def test_scoring_actors_run_openmp_threads_that_sleep_instead_of_spinning(ray_session, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+
+    @ray.remote(num_cpus=0)
+    def wait_policy() -> str | None:
+        return os.environ.get("OMP_WAIT_POLICY")
+
+    assert ray.get(wait_policy.options(runtime_env=score.actor_runtime_env()).remote()) == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the driver's own setting wins
+    assert ray.get(wait_policy.options(runtime_env=score.actor_runtime_env()).remote()) == "ACTIVE"

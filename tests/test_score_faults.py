@@ -23,8 +23,8 @@ FILES, ROWS_PER_FILE = 12, 150
 
 @pytest.fixture(scope="module")
 def ckpt(ray_session, digits, tmp_path_factory) -> str:
-    # resnet18 at 16 px: slow enough per row that a kill lands in the middle of the job.
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best", digits["train"], arch="resnet18", size=16)
+    # resnet18 at 32 px: slow enough per row that a kill lands in the middle of the job.
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best", digits["train"], arch="resnet18", size=32)
 
 
 @pytest.fixture(scope="module")
@@ -84,20 +84,25 @@ def _scoring_actor_pids() -> list[int]:
     return found
 
 
-def _kill_one_scoring_actor(stop: threading.Event, killed: list[int]) -> None:
+def _kill_one_scoring_actor(out: Path, stop: threading.Event, killed: list[tuple[int, int]]) -> None:
+    """SIGKILL the scoring actor as soon as it has committed a first part (its model is loaded
+    and scoring is under way); record (pid, parts committed by then)."""
     while not stop.is_set() and not killed:
-        for pid in _scoring_actor_pids():
-            time.sleep(3.0)  # let it load the model and score a few batches first
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
+        parts = len(committed_parts(out))
+        for pid in _scoring_actor_pids() if parts else []:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue  # it exited between the listing and the kill
+            killed.append((pid, parts))
             return
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def test_a_killed_scoring_actor_is_replaced_and_the_output_is_complete(ckpt, many_files, tmp_path):
     out = tmp_path / "out"
     stop, killed = threading.Event(), []
-    killer = threading.Thread(target=_kill_one_scoring_actor, args=(stop, killed))
+    killer = threading.Thread(target=_kill_one_scoring_actor, args=(out, stop, killed))
     killer.start()
     try:
         summary = score.score(ckpt, str(many_files), str(out), score.Resources(batch_size=25, max_actors=1))
@@ -105,5 +110,6 @@ def test_a_killed_scoring_actor_is_replaced_and_the_output_is_complete(ckpt, man
         stop.set()
         killer.join()
     assert killed, "no scoring actor was found to kill"
+    assert killed[0][1] < FILES, "the job was over before the kill; make the input bigger"
     rows = rows_by_id(out)
     assert len(rows) == summary.rows_in == summary.rows_scored == FILES * ROWS_PER_FILE

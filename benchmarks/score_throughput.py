@@ -14,9 +14,10 @@ list<uint8>), or (--model minilm) the pretrained MiniLM sentence-embedding check
 Each is timed from the checkpoint's path to the last row's prediction, so loading the model
 counts in all three, as it does for (b)'s actors (Ray itself is started before); only (b)
 also writes its output. It prints rows/s of each, the ratios (b)/(a) and (b)/(a') (the cost
-or gain of Ray Data alone), and each as a share of the compute bound: the plain model's forward FLOPs per row (counted on
-a first batch, padding included) against a measured float32 matmul FLOP/s. (a') and (b) can
-pass 100%: they skip work that the count includes (folded batch norms, padding).
+or gain of Ray Data alone), and each as a share of the compute bound: the plain model's
+forward FLOPs per row (counted on a first batch, padding included) against the best measured
+float32 matmul FLOP/s. (a') and (b) can pass 100%: they skip work that the count includes
+(folded batch norms, padding).
 
     .venv/bin/python benchmarks/score_throughput.py              # 20k rows
     .venv/bin/python benchmarks/score_throughput.py --rows 1000  # a quick smoke run

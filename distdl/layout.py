@@ -31,7 +31,18 @@ class Cluster:
 
     @classmethod
     def current(cls) -> "Cluster":
-        alive = [n["Resources"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+        return cls.of([node["Resources"] for node in ray.nodes() if node["Alive"]])
+
+    @classmethod
+    def of(cls, nodes: list[dict[str, float]]) -> "Cluster":
+        """The cluster of these nodes' resources; nodes without CPUs (a head kept for the GCS) do not train."""
+        alive = [r for r in nodes if r.get("CPU", 0) > 0]
+        if not alive:
+            # E.g. a launcher cluster whose head keeps CPU: 0 and whose worker groups are at zero:
+            # Ray 2.60 does not tell a driver which nodes an autoscaler could add.
+            raise LayoutError("no node of this Ray cluster has CPUs to train on (worker groups scaled to zero?): "
+                              "the layout is sized from the nodes alive when training starts; start a worker "
+                              "node first (min_workers: 1 in cluster/*.yaml)")
         gpu_nodes = [r["GPU"] for r in alive if r.get("GPU", 0) > 0]
         return cls(
             nodes=len(alive),

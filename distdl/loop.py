@@ -198,6 +198,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    if rank == 0:  # which device and collective backend the run really got (nccl on GPUs, gloo on CPUs)
+        say(f"{world} worker(s) on {device.type}, precision {train['precision']}, process group "
+            f"{dist.get_backend() if dist.is_initialized() else 'none'}")
     preprocessor = preprocessors.from_json(config["preprocessor"])
     family, model_cfg = spec["model"]["family"], models.config_from_args(spec["model"]["family"], config["model_args"])
     task = tasks.create(models.FAMILIES[family].task(model_cfg), preprocessor)

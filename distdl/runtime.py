@@ -11,9 +11,13 @@ import ray.data
 
 from distdl.paths import is_uri
 
+# Whether connect() started the Ray this process uses: an embedded Ray can never gain a node.
+_embedded = False
+
 
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
     """Join ``address`` (or RAY_ADDRESS) when given; otherwise start an embedded local Ray."""
+    global _embedded
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -26,6 +30,7 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> No
         # "Failed to query Ray Train Controller actor state" every second. (Port 8265, or a free one.)
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=True,
                  log_to_driver=True)
+        _embedded = True
     _limit_parquet_footer_readers()
 
 
@@ -51,6 +56,29 @@ def warn_if_not_shared(paths: dict[str, Optional[str]]) -> None:
         print(f"[distdl] warning: this Ray cluster has {nodes} nodes and {', '.join(local)} "
               f"{'is a local path' if len(local) == 1 else 'are local paths'}: every node must see the same "
               "files there (NFS or a shared volume); otherwise use s3:// or gs://", file=sys.stderr, flush=True)
+
+
+def unplaceable(wanted: dict[str, tuple[str, float]], nodes: list[dict[str, float]], what: str) -> str | None:
+    """Why no node in ``nodes`` (their resources) can hold one ``what``, or None. ``wanted``
+    maps each setting's name to (Ray resource, amount), e.g. {"--gpus": ("GPU", 1.0)}."""
+    for setting, (kind, amount) in wanted.items():
+        largest = max((node.get(kind, 0.0) for node in nodes), default=0.0)
+        if amount > largest:
+            return (f"{setting} {amount:g} per {what}, but the largest node of this Ray cluster has "
+                    f"{largest:g} {kind}s")
+    return None
+
+
+def require_a_node_for(wanted: dict[str, tuple[str, float]], what: str) -> None:
+    """Ray leaves an actor that no node can hold waiting forever, silently. The embedded Ray can
+    never gain such a node: refuse it now. An existing cluster may be autoscaling (a GPU group
+    scaled to zero), which Ray 2.60 does not tell a driver: say what is being waited for."""
+    reason = unplaceable(wanted, [node["Resources"] for node in ray.nodes() if node["Alive"]], what)
+    if reason and _embedded:
+        raise ValueError(f"{reason}: no {what} could start")
+    if reason:
+        print(f"[distdl] warning: {reason}; each {what} waits until such a node joins (an autoscaler "
+              "adding one); Ctrl-C stops", file=sys.stderr, flush=True)
 
 
 def quiet_data_progress() -> None:

@@ -46,15 +46,8 @@ class Resources:
         return max(1, int((total.get("CPU", 1) - 1) / self.cpus))
 
     def check_fits(self) -> None:
-        """An actor that no node can hold would leave the pool waiting forever: refuse it now, as
-        training refuses use_gpu without GPUs. (An autoscaling cluster adds nodes of the kinds it
-        already has, so its largest node is what an actor must fit.)"""
-        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-        for flag, kind, wanted in (("--cpus", "CPU", self.cpus), ("--gpus", "GPU", self.gpus)):
-            largest = max((node.get(kind, 0.0) for node in nodes), default=0.0)
-            if wanted > largest:
-                raise ValueError(f"{flag} {wanted:g} per actor, but the largest node of this Ray cluster has "
-                                 f"{largest:g} {kind}s: no scoring actor could start")
+        """Refuse (or, on an existing cluster, warn about) an actor that no node can hold."""
+        runtime.require_a_node_for({"--cpus": ("CPU", self.cpus), "--gpus": ("GPU", self.gpus)}, "scoring actor")
 
     def pool(self) -> ray.data.ActorPoolStrategy:
         top = self.max_size()

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The end of `make demo`: serve a checkpoint, send real requests with curl (the last one bad),
 # print the answers, and stop the server as a process manager would (SIGTERM; Ctrl-C works too).
-#   usage: scripts/serve_demo.sh [CHECKPOINT]      (PY=python to use; default .venv/bin/python)
+#   usage: scripts/serve_demo.sh [CHECKPOINT [SERVE_ARGS...]]   (PY=python to use; default .venv/bin/python)
+# SERVE_ARGS go to `distdl serve`, e.g. --set gpus_per_replica=1.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 CKPT=${1:-runs/cnn_digits/best}
 PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 URL=http://127.0.0.1:$PORT
 
-"$PY" -m distdl serve --checkpoint "$CKPT" --port "$PORT" &
+"$PY" -m distdl serve --checkpoint "$CKPT" --port "$PORT" "${@:2}" &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null || true; wait $SERVER' EXIT
 until curl -sf "$URL/readyz" >/dev/null; do

@@ -43,7 +43,8 @@ def test_config_has_a_cpu_head_and_an_autoscaling_gpu_group_on_the_distdl_image(
     head = types.pop(config["head_node_type"])
     assert "GPU" not in head["resources"]
     (gpu,) = types.values()
-    assert gpu["resources"]["GPU"] >= 1 and 0 == gpu["min_workers"] < gpu["max_workers"] <= config["max_workers"]
+    # At least one GPU node up: the head has no CPUs, and a training layout is sized from live nodes.
+    assert gpu["resources"]["GPU"] >= 1 and 1 == gpu["min_workers"] < gpu["max_workers"] <= config["max_workers"]
     assert config["docker"]["image"].endswith(f"/distdl:{VERSION}")
     assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]
     assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}

@@ -43,3 +43,10 @@ def test_a_layout_that_reserves_every_cpu_is_refused_because_ingest_would_stall(
 def test_asking_for_gpus_on_a_cpu_cluster_is_an_error():
     with pytest.raises(LayoutError, match="no GPUs"):
         resolve(ScalingSpec(use_gpu=True), cluster(cpus=8))
+
+
+def test_nodes_without_cpus_do_not_train_and_a_cluster_of_none_is_refused_with_the_fix():
+    head, gpu_node = {"CPU": 0.0, "memory": 8e9}, {"CPU": 4.0, "GPU": 1.0}
+    assert Cluster.of([head, gpu_node]) == Cluster(nodes=1, cpus_per_node=4, gpus_per_node=1, total_cpus=4, total_gpus=1)
+    with pytest.raises(LayoutError, match=r"no node of this Ray cluster has CPUs to train on .*min_workers: 1"):
+        Cluster.of([head])

@@ -1,6 +1,11 @@
-"""Readable failures: the user's own error is pulled out of Ray's wrapping."""
+"""Readable failures: the user's own error is pulled out of Ray's wrapping, and an actor no node
+can hold is refused (embedded Ray) or announced (a cluster that may autoscale) instead of
+waiting in silence."""
 from __future__ import annotations
 
+import pytest
+
+from distdl import runtime
 from distdl.runtime import root_cause
 
 
@@ -25,3 +30,27 @@ def test_distdl_errors_win_over_rays_advice():
 def test_otherwise_the_innermost_error_line_or_the_last_line():
     assert root_cause(wrapped("KeyError: 'x'\nsome advice", "outer")) == "'x'"
     assert root_cause(RuntimeError("just a message\nsecond line")) == "second line"
+
+
+def test_an_actor_fits_when_one_node_holds_all_it_asks():
+    gpu_node, cpu_node = {"CPU": 4.0, "GPU": 1.0}, {"CPU": 16.0}
+    wanted = {"--cpus": ("CPU", 4.0), "--gpus": ("GPU", 1.0)}
+    assert runtime.unplaceable(wanted, [gpu_node, cpu_node], "scoring actor") is None
+    assert runtime.unplaceable({"--gpus": ("GPU", 2.0)}, [gpu_node, cpu_node], "scoring actor") == (
+        "--gpus 2 per scoring actor, but the largest node of this Ray cluster has 1 GPUs")
+    assert runtime.unplaceable({"cpus_per_replica": ("CPU", 1.0)}, [], "replica of m") == (
+        "cpus_per_replica 1 per replica of m, but the largest node of this Ray cluster has 0 CPUs")
+
+
+def test_the_embedded_ray_refuses_what_it_can_never_place(ray_session):
+    with pytest.raises(ValueError, match="--gpus 1 per scoring actor, .* has 0 GPUs: no scoring actor could start"):
+        runtime.require_a_node_for({"--gpus": ("GPU", 1.0)}, "scoring actor")
+    runtime.require_a_node_for({"--cpus": ("CPU", 1.0)}, "scoring actor")  # fits: nothing said
+
+
+def test_an_existing_cluster_may_still_gain_the_node_so_it_is_only_told(ray_session, monkeypatch, capsys):
+    monkeypatch.setattr(runtime, "_embedded", False)  # as after connect("HOST:PORT"): maybe autoscaling
+    runtime.require_a_node_for({"--gpus": ("GPU", 1.0)}, "scoring actor")
+    assert capsys.readouterr().err == (
+        "[distdl] warning: --gpus 1 per scoring actor, but the largest node of this Ray cluster has 0 GPUs; "
+        "each scoring actor waits until such a node joins (an autoscaler adding one); Ctrl-C stops\n")

@@ -83,7 +83,8 @@ def test_another_checkpoint_is_refused_unless_overwrite(ckpt, digits, tmp_path):
     assert replaced.rows_out == replaced.rows_in == len(rows_by_id(out))
 
 
-@pytest.mark.parametrize("asked, flag", [({"gpus": 1.0}, "--gpus 1 per actor"), ({"cpus": 1000.0}, "--cpus 1000 per actor")])
+@pytest.mark.parametrize("asked, flag", [({"gpus": 1.0}, "--gpus 1 per scoring actor"),
+                                         ({"cpus": 1000.0}, "--cpus 1000 per scoring actor")])
 def test_actors_no_node_can_hold_are_refused_before_anything_is_written(ckpt, digits, tmp_path, asked, flag):
     """The session's Ray has no GPU and a few CPUs: such a pool would wait forever."""
     with pytest.raises(ValueError, match=flag):

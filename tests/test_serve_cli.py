@@ -65,6 +65,16 @@ def test_build_app_refuses_two_models_of_one_name(ckpt):
     assert len(distdl_serve.load_models([ckpt, f"other={ckpt}"], {})) == 2
 
 
+def test_replicas_no_node_can_hold_are_refused_before_serve_starts(ray_session, ckpt):
+    """The session's Ray is embedded and has no GPU: a GPU replica would wait forever."""
+    from ray import serve
+
+    with pytest.raises(ValueError, match=r"^gpus_per_replica 1 per replica of digits, but the largest node of this "
+                                         r"Ray cluster has 0 GPUs: no replica of digits could start$"):
+        distdl_serve.run([ckpt], {"gpus_per_replica": 1}, None, "127.0.0.1", free_port(), None)
+    assert distdl_serve.APP_NAME not in serve.status().applications
+
+
 def test_serve_prints_the_url_answers_and_stops_cleanly_on_ctrl_c(ray_session, digits, ckpt):
     from ray import serve
 

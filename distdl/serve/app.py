@@ -162,6 +162,10 @@ def run(checkpoints: list[str], options: dict[str, Any], api_key_env: Optional[s
         raise ValueError(f"--api-key-env {api_key_env}: ${api_key_env} is not set")
     embedded = not (address or os.environ.get("RAY_ADDRESS"))
     runtime.connect(address)
+    for s in served:
+        runtime.require_a_node_for({"cpus_per_replica": ("CPU", s.options.cpus_per_replica),
+                                    "gpus_per_replica": ("GPU", s.options.gpus_per_replica)},
+                                   f"replica of {s.info.name}")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

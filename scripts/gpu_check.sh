@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU paths end to end on one machine with a GPU (CI never has one): training in bf16 on a
+# GPU worker (DDP on NCCL), scoring on a GPU actor, serving from a GPU replica, then scoring
+# throughput on the GPU against the plain loop. GPUS=0 rehearses every step on CPU, to check
+# this script before spending GPU time. Runs in a few minutes; stops at the first failure.
+#   usage: scripts/gpu_check.sh [WORK_DIR]     (default out/gpu_check)
+#   env:   PY (default .venv/bin/python), GPUS (per actor/replica, default 1), ROWS (default 100000; 1000 when GPUS=0)
+set -euo pipefail
+export PY=${PY:-.venv/bin/python}
+GPUS=${GPUS:-1}
+WORK=${1:-out/gpu_check}
+USE_GPU=$([ "$GPUS" = 0 ] && echo false || echo true)
+ROWS=${ROWS:-$([ "$USE_GPU" = true ] && echo 100000 || echo 1000)}  # a CPU rehearsal checks, not measures
+step() { echo; echo "== $* ($(date +%T))"; }
+
+step device
+if [ "$USE_GPU" = true ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  "$PY" -c 'import torch; assert torch.cuda.is_available(), "torch sees no GPU"; print("torch", torch.__version__)'
+fi
+"$PY" -m distdl demo-data data/digits
+
+step "train: digits CNN, bf16, scaling.use_gpu=$USE_GPU"
+"$PY" -m distdl train jobs/cnn_digits.yaml --fresh --set name=cnn_digits_gpu --set "storage=$WORK/runs" \
+  --set train.precision=bf16 --set scaling.use_gpu=$USE_GPU --set scaling.num_workers=1
+CKPT=$WORK/runs/cnn_digits_gpu/best
+
+step "score: --gpus $GPUS"
+"$PY" -m distdl score --checkpoint "$CKPT" --input data/digits/holdout.parquet --output "$WORK/scores" \
+  --overwrite --gpus "$GPUS"
+
+step "serve: gpus_per_replica=$GPUS"
+bash scripts/serve_demo.sh "$CKPT" --set "gpus_per_replica=$GPUS"
+
+step "scoring throughput: ResNet-18 32x32, $ROWS rows"
+# One GPU actor decodes rows on one CPU; a quarter GPU each lets four decode for the same GPU.
+"$PY" benchmarks/score_throughput.py --rows "$ROWS" --gpus "$GPUS" $([ "$USE_GPU" = true ] && echo --gpus 0.25)
+step done

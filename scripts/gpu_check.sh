@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU paths end to end on one machine with a GPU (CI never has one): training in bf16 on a
-# GPU worker (DDP on NCCL), scoring on a GPU actor, serving from a GPU replica, then scoring
-# throughput on the GPU against the plain loop. GPUS=0 rehearses every step on CPU, to check
-# this script before spending GPU time. Runs in a few minutes; stops at the first failure.
+# GPU worker (DDP on NCCL), scoring on a GPU actor, scoring throughput on the GPU against the
+# plain loop, then serving from a GPU replica (last: it needs curl, which a bare image may
+# lack). GPUS=0 rehearses every step on CPU, to check this script before spending GPU time.
+# Runs in a few minutes; stops at the first failure.
 #   usage: scripts/gpu_check.sh [WORK_DIR]     (default out/gpu_check)
 #   env:   PY (default .venv/bin/python), GPUS (per actor/replica, default 1), ROWS (default 100000; 1000 when GPUS=0)
 set -euo pipefail
@@ -29,10 +30,12 @@ step "score: --gpus $GPUS"
 "$PY" -m distdl score --checkpoint "$CKPT" --input data/digits/holdout.parquet --output "$WORK/scores" \
   --overwrite --gpus "$GPUS"
 
-step "serve: gpus_per_replica=$GPUS"
-bash scripts/serve_demo.sh "$CKPT" --set "gpus_per_replica=$GPUS"
-
 step "scoring throughput: ResNet-18 32x32, $ROWS rows"
 # One GPU actor decodes rows on one CPU; a quarter GPU each lets four decode for the same GPU.
 "$PY" benchmarks/score_throughput.py --rows "$ROWS" --gpus "$GPUS" $([ "$USE_GPU" = true ] && echo --gpus 0.25)
+
+step "serve: gpus_per_replica=$GPUS"
+command -v curl >/dev/null || { echo "no curl here: serving not checked" >&2; exit 1; }
+bash scripts/serve_demo.sh "$CKPT" --set "gpus_per_replica=$GPUS"
+
 step done

@@ -78,14 +78,16 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--id-column", default=None,
                        help="unique row id column (default: 'id', else 'path'; without one a content hash is "
                        "used and the job cannot resume)")
-    score.add_argument("--batch-size", type=int, default=256)
-    score.add_argument("--min-actors", type=int, default=1)
-    score.add_argument("--max-actors", type=int, default=None,
-                       help="default: one per CPU (or GPU), leaving one CPU for reading")
-    score.add_argument("--cpus", type=float, default=1.0, help="CPUs per actor (fractions allowed)")
-    score.add_argument("--gpus", type=float, default=0.0, help="GPUs per actor")
-    score.add_argument("--rows-per-file", type=int, default=None,
-                       help="rows per output parquet part (default: one part per block Ray Data writes)")
+    # Defaults: the checkpoint's `score` section (its spec.yaml), else ScoreSpec's.
+    pool = score.add_argument_group("actor pool and output (default: the checkpoint spec's 'score' section)")
+    pool.add_argument("--batch-size", type=int, help="rows per forward pass (256)")
+    pool.add_argument("--min-actors", type=int, help="actors kept while the pool scales (1)")
+    pool.add_argument("--max-actors", type=int,
+                      help="largest pool (auto: one per GPU, else every CPU but one, left for reading)")
+    pool.add_argument("--cpus", type=float, help="CPUs per actor, fractions allowed (1)")
+    pool.add_argument("--gpus", type=float, help="GPUs per actor, fractions allowed; above 0 the model runs on cuda (0)")
+    pool.add_argument("--rows-per-file", type=int,
+                      help="rows per output parquet part (auto: one part per block Ray Data writes)")
     _generation_args(score)
     score.add_argument("--overwrite", action="store_true", help="replace an output of another checkpoint")
     score.add_argument("--address", default=None, help="Ray cluster to use (as for train)")
@@ -174,9 +176,9 @@ def _score(args: argparse.Namespace) -> int:
         data.infer_format(args.input)  # a missing path fails here, before Ray starts
     else:
         score.check_generative(args.checkpoint, args.generate, args.seed or 0)
+    given = {field: getattr(args, dest) for field, dest in score.FLAGS.items() if getattr(args, dest) is not None}
+    resources = score.resources(args.checkpoint, given)  # bad settings fail here, before Ray starts
     runtime.connect(args.address)
-    resources = score.Resources(args.batch_size, args.min_actors, args.max_actors, args.cpus, args.gpus,
-                                args.rows_per_file)
     if args.generate is not None:
         summary = score.generate(args.checkpoint, args.generate, args.output, resources, args.seed or 0,
                                  args.overwrite)

@@ -23,17 +23,20 @@ import ray.data
 from distdl import checkpoint, data, models, runtime, score_output, tasks
 from distdl.paths import filesystem, is_uri
 from distdl.predict import Predictor
+from distdl.spec import ScoreSpec
+from distdl.specbase import SpecError, from_dict
 
 ROW_ID = "row_id"
 
 
 @dataclass
 class Resources:
-    batch_size: int = 256
-    min_actors: int = 1
+    """The actor pool and output parts of one scoring run (the `score` section resolved; see resources())."""
+    batch_size: int = ScoreSpec.batch_size
+    min_actors: int = ScoreSpec.min_actors
     max_actors: int | None = None  # None: every CPU (or GPU) but one CPU left for reading
-    cpus: float = 1.0  # per actor; fractions allowed
-    gpus: float = 0.0  # per actor
+    cpus: float = ScoreSpec.cpus_per_actor  # per actor; fractions allowed
+    gpus: float = ScoreSpec.gpus_per_actor  # per actor
     rows_per_file: int | None = None  # None: one output part per block Ray Data writes
 
     def max_size(self) -> int:
@@ -58,6 +61,30 @@ class Resources:
         actor's own CPUs. The CPU kept for reading does little next to the model, so on a
         2-core machine one actor runs 2 threads, as one training worker does (layout.py)."""
         return max(1, int(self.cpus), int(ray.cluster_resources().get("CPU", 1) // self.max_size()))
+
+
+# The `score` section's fields and the argparse dests of the `distdl score` flags that override them.
+FLAGS = {"batch_size": "batch_size", "min_actors": "min_actors", "max_actors": "max_actors",
+         "cpus_per_actor": "cpus", "gpus_per_actor": "gpus", "rows_per_file": "rows_per_file"}
+
+
+def resources(checkpoint_path: str, given: dict) -> Resources:
+    """The checkpoint's ``score`` section (its spec.yaml) with ``given`` (field -> value, from
+    the command line) over it. Raises SpecError naming each bad field, as the flag when a flag set it."""
+    if not checkpoint.is_complete(checkpoint_path):
+        raise FileNotFoundError(f"{checkpoint_path} is not a complete distdl checkpoint")
+    problems: list[tuple[str, str]] = []
+    settings = from_dict(ScoreSpec, {**(checkpoint.load_spec(checkpoint_path).get("score") or {}), **given},
+                         "score", problems)
+    if problems:
+        flag = {f"score.{field}": "--" + dest.replace("_", "-") for field, dest in FLAGS.items() if field in given}
+        raise SpecError([(flag.get(path, path), message) for path, message in problems], "score settings")
+    return Resources(settings.batch_size, settings.min_actors, _unless_auto(settings.max_actors),
+                     settings.cpus_per_actor, settings.gpus_per_actor, _unless_auto(settings.rows_per_file))
+
+
+def _unless_auto(value: int | str) -> int | None:
+    return None if value == "auto" else value
 
 
 def actor_runtime_env() -> dict:

@@ -165,6 +165,27 @@ class ServeSpec:
 
 
 @dataclass
+class ScoreSpec:
+    """Batch scoring (distdl score): read from the checkpoint's spec.yaml; the command's flags override."""
+    batch_size: int = 256  # rows per forward pass
+    min_actors: int = 1
+    max_actors: Union[Auto, int] = "auto"  # auto: one per GPU, else every CPU but one (left for reading)
+    cpus_per_actor: float = 1.0  # fractions allowed
+    gpus_per_actor: float = 0.0  # above 0: the model runs on cuda; fractions share a GPU
+    rows_per_file: Union[Auto, int] = "auto"  # rows per output parquet part; auto: one part per scored block
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        for name in ("batch_size", "min_actors"):
+            yield from check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        yield from check(self.max_actors == "auto" or self.max_actors >= self.min_actors, "max_actors",
+                         f"must be >= min_actors ({self.min_actors}) or 'auto', got {self.max_actors}")
+        yield from check(self.cpus_per_actor > 0, "cpus_per_actor", f"must be > 0, got {self.cpus_per_actor}")
+        yield from check(self.gpus_per_actor >= 0, "gpus_per_actor", f"must be >= 0, got {self.gpus_per_actor}")
+        yield from check(self.rows_per_file == "auto" or self.rows_per_file >= 1, "rows_per_file",
+                         f"must be >= 1 or 'auto', got {self.rows_per_file}")
+
+
+@dataclass
 class JobSpec:
     name: str
     data: DataSpec
@@ -176,6 +197,7 @@ class JobSpec:
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     failure: FailureSpec = field(default_factory=FailureSpec)
     serve: ServeSpec = field(default_factory=ServeSpec)
+    score: ScoreSpec = field(default_factory=ScoreSpec)
     storage: str = "runs"  # local folder or URI; the run lives in <storage>/<name>
 
     @property
@@ -184,13 +206,14 @@ class JobSpec:
 
     def to_dict(self) -> dict:
         """Plain data, the inverse of ``parse``: what workers and checkpoints receive."""
-        out = {k: to_dict(getattr(self, k)) for k in ("name", "data", "preprocess", "train", "scaling", "checkpoint", "failure", "serve", "storage")}
+        out = {k: to_dict(getattr(self, k)) for k in ("name", "data", "preprocess", "train", "scaling", "checkpoint", "failure", "serve",
+                                                   "score", "storage")}
         out["model"] = {"family": self.model_family, **models.config_args(self.model)}
         return out
 
 
 SECTIONS = {"data": DataSpec, "train": TrainSpec, "scaling": ScalingSpec, "checkpoint": CheckpointSpec,
-            "failure": FailureSpec, "serve": ServeSpec}
+            "failure": FailureSpec, "serve": ServeSpec, "score": ScoreSpec}
 TOP_LEVEL = ("name", "storage", "model", "preprocess", *SECTIONS)
 
 

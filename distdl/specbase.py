@@ -18,10 +18,10 @@ T = TypeVar("T")
 class SpecError(ValueError):
     """One or more invalid fields; ``problems`` holds (yaml path, message) pairs."""
 
-    def __init__(self, problems: list[tuple[str, str]]):
+    def __init__(self, problems: list[tuple[str, str]], what: str = "job spec"):
         self.problems = problems
         lines = [f"  {path or '<root>'}: {msg}" for path, msg in problems]
-        super().__init__("invalid job spec:\n" + "\n".join(lines))
+        super().__init__(f"invalid {what}:\n" + "\n".join(lines))
 
 
 def join(path: str, key: str | int) -> str:

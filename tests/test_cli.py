@@ -57,6 +57,15 @@ def test_a_command_joins_an_existing_cluster_by_address(ray_session, digits, tmp
     assert f"rows in: {rows}  rows scored: {rows}  rows with errors: 0" in result.stdout
 
 
+def test_bad_score_settings_fail_before_ray_starts(ray_session, digits, tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", digits["train"])
+    result = distdl("score", "--checkpoint", ckpt, "--input", str(digits["holdout"]), "--output", str(tmp_path / "out"),
+                    "--gpus", "-1")
+    assert result.returncode == 2 and "Started a local Ray instance" not in result.stderr
+    assert result.stderr.strip().splitlines()[-2:] == ["error: invalid score settings:", "  --gpus: must be >= 0, got -1.0"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_missing_data_file_is_a_one_line_error(tmp_path):
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump({"name": "x", "storage": str(tmp_path), "data": {"train": str(tmp_path / "none.parquet")}}))

@@ -12,6 +12,7 @@ from test_predict import holdout_batch, tiny_checkpoint
 
 from distdl import score
 from distdl.predict import Predictor
+from distdl.specbase import SpecError
 
 SMALL = score.Resources(batch_size=32, max_actors=2)
 
@@ -90,6 +91,26 @@ def test_actors_no_node_can_hold_are_refused_before_anything_is_written(ckpt, di
     with pytest.raises(ValueError, match=flag):
         score.score(ckpt, str(digits["holdout"]), str(tmp_path / "out"), score.Resources(**asked))
     assert not (tmp_path / "out").exists()
+
+
+def test_pool_settings_come_from_the_checkpoints_score_section_and_flags_override_them(ckpt, digits, tmp_path):
+    assert score.resources(ckpt, {}) == score.Resources()  # a spec.yaml without a score section: defaults
+    tuned = tiny_checkpoint(tmp_path / "tuned", digits["train"],
+                            spec={"name": "d", "score": {"batch_size": 64, "max_actors": 3, "gpus_per_actor": 0.5}})
+    assert score.resources(tuned, {}) == score.Resources(batch_size=64, max_actors=3, gpus=0.5)
+    assert score.resources(tuned, {"batch_size": 8, "gpus_per_actor": 0.0}) == score.Resources(batch_size=8, max_actors=3)
+
+
+def test_bad_pool_settings_name_the_flag_that_set_them_or_the_spec_field(ckpt, digits, tmp_path):
+    tuned = tiny_checkpoint(tmp_path / "tuned", digits["train"], spec={"name": "d", "score": {"rows_per_file": 0}})
+    with pytest.raises(SpecError) as info:
+        score.resources(tuned, {"cpus_per_actor": 0.0, "max_actors": 0})
+    assert dict(info.value.problems) == {"--cpus": "must be > 0, got 0.0",
+                                         "--max-actors": "must be >= min_actors (1) or 'auto', got 0",
+                                         "score.rows_per_file": "must be >= 1 or 'auto', got 0"}
+    assert str(info.value).startswith("invalid score settings:")
+    with pytest.raises(FileNotFoundError, match="is not a complete distdl checkpoint"):
+        score.resources(str(tmp_path / "none"), {})
 
 
 def test_scoring_actors_run_openmp_threads_that_sleep_instead_of_spinning(ray_session, monkeypatch):

@@ -123,3 +123,14 @@ def test_the_serve_section_is_checked_and_travels_with_the_spec():
     assert found["serve.look_back_period_s"].startswith("must be > 10")
     spec = specmod.parse({**MINIMAL, "serve": {"max_replicas": 3}})
     assert specmod.parse(spec.to_dict()).serve.max_replicas == 3  # what a checkpoint's spec.yaml holds
+
+
+def test_the_score_section_is_checked_and_travels_with_the_spec():
+    found = problems({**MINIMAL, "score": {"batch_size": 0, "min_actors": 2, "max_actors": 1, "cpus_per_actor": 0,
+                                           "rows_per_file": "all"}})
+    assert found["score.batch_size"] == "must be >= 1, got 0"
+    assert found["score.max_actors"] == "must be >= min_actors (2) or 'auto', got 1"
+    assert found["score.cpus_per_actor"] == "must be > 0, got 0.0"
+    assert found["score.rows_per_file"].startswith("must be")
+    spec = specmod.parse({**MINIMAL, "score": {"gpus_per_actor": 0.25}})
+    assert specmod.parse(spec.to_dict()).score.gpus_per_actor == 0.25  # what a checkpoint's spec.yaml holds

@@ -206,8 +206,8 @@ class JobSpec:
 
     def to_dict(self) -> dict:
         """Plain data, the inverse of ``parse``: what workers and checkpoints receive."""
-        out = {k: to_dict(getattr(self, k)) for k in ("name", "data", "preprocess", "train", "scaling", "checkpoint", "failure", "serve",
-                                                   "score", "storage")}
+        keys = ("name", "data", "preprocess", *(k for k in SECTIONS if k != "data"), "storage")
+        out = {k: to_dict(getattr(self, k)) for k in keys}
         out["model"] = {"family": self.model_family, **models.config_args(self.model)}
         return out
 

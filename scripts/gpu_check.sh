@@ -5,13 +5,15 @@
 # lack). GPUS=0 rehearses every step on CPU, to check this script before spending GPU time.
 # Runs in a few minutes; stops at the first failure.
 #   usage: scripts/gpu_check.sh [WORK_DIR]     (default out/gpu_check)
-#   env:   PY (default .venv/bin/python), GPUS (per actor/replica, default 1), ROWS (default 100000; 1000 when GPUS=0)
+#   env:   PY (default .venv/bin/python), GPUS (per actor/replica, default 1), ROWS (default 100000; 1000 when
+#          GPUS=0), CPU_ROWS (a last, CPU-only scoring benchmark on the GPU machine's cores; default 20000, 0 skips)
 set -euo pipefail
 export PY=${PY:-.venv/bin/python}
 GPUS=${GPUS:-1}
 WORK=${1:-out/gpu_check}
 USE_GPU=$([ "$GPUS" = 0 ] && echo false || echo true)
 ROWS=${ROWS:-$([ "$USE_GPU" = true ] && echo 100000 || echo 1000)}  # a CPU rehearsal checks, not measures
+CPU_ROWS=${CPU_ROWS:-20000}
 step() { echo; echo "== $* ($(date +%T))"; }
 
 step device
@@ -38,4 +40,8 @@ step "serve: gpus_per_replica=$GPUS"
 command -v curl >/dev/null || { echo "no curl here: serving not checked" >&2; exit 1; }
 bash scripts/serve_demo.sh "$CKPT" --set "gpus_per_replica=$GPUS"
 
+if [ "$USE_GPU" = true ] && [ "$CPU_ROWS" != 0 ]; then
+  step "scoring throughput on this machine's $(nproc) CPU cores: ResNet-18 32x32, $CPU_ROWS rows"
+  "$PY" benchmarks/score_throughput.py --rows "$CPU_ROWS"  # an actor pool on more than 2 cores
+fi
 step done

@@ -9,6 +9,7 @@ token authentication is on, with a token of the cluster's own (RAY_AUTH_TOKEN).
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -66,12 +67,14 @@ class LocalCluster:
                                            start_new_session=True))
 
     def start(self, timeout_s: float = 300) -> None:
-        self._ray_start("head", ["--head", f"--port={self.gcs_port}", f"--dashboard-port={self.dashboard_port}",
-                                 "--include-dashboard=true", f"--ray-client-server-port={self._ports.pop()}",
-                                 f"--num-cpus={self.head_cpus}"])
-        self._wait_for_nodes(1, timeout_s)
+        self._start_head([], timeout_s)
         self._ray_start("node", [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={self.node_cpus}"])
         self._wait_for_nodes(2, timeout_s)
+
+    def _start_head(self, args: list[str], timeout_s: float) -> None:
+        self._ray_start("head", ["--head", f"--port={self.gcs_port}", f"--dashboard-port={self.dashboard_port}",
+                                 "--include-dashboard=true", f"--ray-client-server-port={self._ports.pop()}",
+                                 f"--num-cpus={self.head_cpus}", *args])
 
     def get(self, path: str, **params) -> dict:
         """GET from the dashboard's HTTP API, with the token."""
@@ -124,3 +127,33 @@ class LocalCluster:
         for p in self.procs:
             p.wait()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+class AutoscalingCluster(LocalCluster):
+    """A head with no CPUs (as in cluster/*.yaml) whose autoscaler adds worker nodes of
+    ``node_types`` on demand and removes them when idle. The provider is Ray's fake multi-node
+    one: its "instances" are real raylets started on this machine, in the head's session, so
+    they are stopped with it; the autoscaler, its decisions and the scheduling are Ray's own."""
+
+    def __init__(self, logs: Path, node_types: dict[str, dict]):
+        super().__init__(logs, head_cpus=0, node_cpus=0)
+        self.node_types = node_types
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**super().env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+
+    def start(self, timeout_s: float = 300) -> None:
+        config = self.logs / "autoscaling.json"
+        config.write_text(json.dumps({
+            "cluster_name": "fake", "max_workers": sum(t["max_workers"] for t in self.node_types.values()),
+            "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                         "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{self.gcs_port}"},
+            "available_node_types": {"ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+                                     **{name: {"node_config": {}, **t} for name, t in self.node_types.items()}},
+            "head_node_type": "ray.head.default", "idle_timeout_minutes": 5, "upscaling_speed": 1.0,
+            "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [], "rsync_exclude": [],
+            "rsync_filter": [], "file_mounts_sync_continuously": False, "initialization_commands": [],
+            "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
+            "head_start_ray_commands": [], "worker_start_ray_commands": []}))
+        self._start_head([f"--autoscaling-config={config}"], timeout_s)

@@ -168,8 +168,8 @@ def main() -> None:
     print(f"(a) plain loop:       {plain:,.0f} rows/s  ({plain / bound:.1%} of bound)")
     print(f"(a') Predictor loop:  {in_process:,.0f} rows/s  ({in_process / bound:.1%} of bound)")
     for per_actor, rate in distdl.items():
-        pool = f", {per_actor:g} GPU per actor" if per_actor else ""
-        print(f"(b) distdl score{pool}:  {rate:,.0f} rows/s  ({rate / bound:.1%} of bound; includes Ray start-up "
+        label = f"(b) distdl score{f', {per_actor:g} GPU per actor' if per_actor else ''}:"
+        print(f"{label:<22}{rate:,.0f} rows/s  ({rate / bound:.1%} of bound; includes Ray start-up "
               f"of actors and the manifest/identity hash)")
         print(f"    ratio (b)/(a): {rate / plain:.2f}   (b)/(a'): {rate / in_process:.2f}")
     print(f"(a')/(a): {in_process / plain:.2f}")

@@ -75,6 +75,7 @@ class LocalCluster:
         self._ray_start("head", ["--head", f"--port={self.gcs_port}", f"--dashboard-port={self.dashboard_port}",
                                  "--include-dashboard=true", f"--ray-client-server-port={self._ports.pop()}",
                                  f"--num-cpus={self.head_cpus}", *args])
+        self._wait_for_nodes(1, timeout_s)
 
     def get(self, path: str, **params) -> dict:
         """GET from the dashboard's HTTP API, with the token."""

@@ -30,8 +30,9 @@ def driver_env(cluster) -> dict[str, str]:
     return {**client_env(cluster), "RAY_AUTH_MODE": "token"}
 
 
-def test_training_with_no_node_to_size_it_from_is_refused_with_the_fix(cluster, tmp_path):
+def test_training_with_no_node_to_size_it_from_is_refused_with_the_fix(cluster, digits, tmp_path):
     result = run(sys.executable, "-m", "distdl", "train", "jobs/cnn_digits.yaml", "--set", f"storage={tmp_path}",
+                 "--set", f"data.train={digits['train']}",
                  "--address", f"127.0.0.1:{cluster.gcs_port}", cwd=ROOT, env=driver_env(cluster))
     assert result.returncode == 1, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1].startswith(

@@ -191,7 +191,9 @@ def _k8s(args: argparse.Namespace) -> int:
     elif args.kind == "score":
         local = cli.parser().parse_args(["score", *rest])
         paths = {"--checkpoint": local.checkpoint, "--input": local.input, "--output": local.output}
-        docs = k8s.score_job(rest, paths, local.gpus, shape)
+        # Only the --gpus flag sizes the pods: the checkpoint (and its score section) may exist only
+        # on the cluster's storage, unreadable here.
+        docs = k8s.score_job(rest, paths, local.gpus or 0.0, shape)
     elif args.kind == "serve":
         serve = _serve_parser().parse_args(rest)
         docs = k8s.rayservice(serve.checkpoint, serve.api_key_env, shape, args.name)

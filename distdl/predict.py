@@ -13,6 +13,7 @@ import inspect
 from typing import Any, Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from distdl import checkpoint, models, tasks
@@ -24,6 +25,14 @@ from distdl.preprocessors import BadInputError
 # sentences, 2 threads: 345 rows/s as one batch, 473 in sorted runs of 32 or 64, 432 of 128,
 # 390 of 16 (smaller matmuls). On a GPU one large batch keeps the device busier: not split.
 SORTED_RUN_ROWS = 64
+
+
+def output_types(checkpoint_path: str) -> dict[str, pa.DataType]:
+    """The Arrow type of each column a Predictor of this checkpoint adds, read from its JSON
+    files without loading the model (the scoring driver fixes its output schema with it)."""
+    task = tasks.create(models.task_name(checkpoint.load_meta(checkpoint_path)),
+                        checkpoint.load_preprocessor(checkpoint_path))
+    return {**task.output_types, "error": pa.string()}
 
 
 class Predictor:
@@ -56,7 +65,7 @@ class Predictor:
 
     @property
     def output_columns(self) -> tuple[str, ...]:
-        return (*self.task.output_columns, "error")
+        return (*self.task.output_types, "error")
 
     def __call__(self, batch: dict[str, np.ndarray], **options: Any) -> dict[str, np.ndarray]:
         """Prediction columns for ``batch``; ``options`` override the constructor's for this call
@@ -83,7 +92,7 @@ class Predictor:
 
     def _predict(self, examples: list[Any], good: list[int], n: int, options: dict[str, Any]) -> dict[str, np.ndarray]:
         """Prediction columns for all ``n`` rows; rows outside ``good`` stay null."""
-        columns = {name: np.full(n, None, dtype=object) for name in self.task.output_columns}
+        columns = {name: np.full(n, None, dtype=object) for name in self.task.output_types}
         if not good:
             return columns
         features = self.inputs.features(examples)

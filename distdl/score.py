@@ -22,7 +22,7 @@ import ray.data
 
 from distdl import checkpoint, data, models, runtime, score_output, tasks
 from distdl.paths import filesystem, is_uri
-from distdl.predict import Predictor
+from distdl.predict import Predictor, output_types
 from distdl.spec import ScoreSpec
 from distdl.specbase import SpecError, from_dict
 
@@ -169,7 +169,8 @@ def _run(checkpoint_path: str, raw: ray.data.Dataset, output_path: str, resource
         fn_constructor_kwargs={"checkpoint_path": checkpoint_path, **options,
                                "threads": resources.threads(), "passthrough": [manifest["id_column"]],
                                "where_column": manifest["id_column"], "device": "cuda" if resources.gpus else "cpu"})
-    sink = score_output.PartSink(output_path, manifest["id_column"], resources.rows_per_file)
+    sink = score_output.PartSink(output_path, manifest["id_column"], output_types(checkpoint_path),
+                                 resources.rows_per_file)
     scored.write_datasink(sink)
     score_output.write_manifest(output_path, {**manifest, "complete": True})
     # Count the raw input: the row-id map would hash every row again just to be counted.

@@ -39,11 +39,17 @@ def _join(*parts: str) -> str:
 
 
 class PartSink(Datasink):
-    """``ds.write_datasink(PartSink(...))``: one atomically committed parquet part per write task."""
+    """``ds.write_datasink(PartSink(...))``: one atomically committed parquet part per write task.
 
-    def __init__(self, output_path: str, id_column: str, rows_per_file: int | None = None):
+    ``types`` fixes the Arrow type of the prediction columns in every part: a block whose rows
+    all failed holds only nulls there, and a part typed ``null`` next to one typed ``int64``
+    makes the folder unreadable as one table (pyarrow takes the first file's schema)."""
+
+    def __init__(self, output_path: str, id_column: str, types: dict[str, pa.DataType],
+                 rows_per_file: int | None = None):
         self.output_path = output_path
         self.id_column = id_column
+        self.types = types
         self.rows_per_file = rows_per_file
         self.rows_written = 0  # set on the driver when the write completes
 
@@ -56,6 +62,7 @@ class PartSink(Datasink):
         if not tables:
             return 0
         table = pa.concat_tables(tables, promote_options="permissive")
+        table = table.cast(pa.schema([pa.field(f.name, self.types.get(f.name, f.type)) for f in table.schema]))
         ids = "\n".join(map(str, table[self.id_column].to_pylist())).encode()
         name = f"{PART_PREFIX}{hashlib.blake2b(ids, digest_size=12).hexdigest()}.parquet"
         fs, inner = filesystem(self.output_path)

@@ -49,6 +49,20 @@ def test_every_row_comes_out_once_and_bad_rows_carry_an_error(ckpt, digits, with
     assert f"rows in: {len(rows)}" in summary.describe()
 
 
+def test_predictions_keep_their_types_in_a_part_whose_rows_all_failed(ckpt, digits, tmp_path):
+    """A part of failed rows holds only nulls, yet must type them like any other part: one part
+    typed null next to one typed int64 makes the output folder unreadable as one table."""
+    bad_ids = list(range(40))
+    pq.write_table(pa.table({"id": bad_ids, "image": [b"not an image"] * 40}), tmp_path / "bad.parquet")
+    score.score(ckpt, str(tmp_path / "bad.parquet"), str(tmp_path / "out"), SMALL)
+    for part in (tmp_path / "out").glob("part-*.parquet"):
+        schema = pq.read_schema(part)
+        assert schema.field("label").type == pa.int64() and schema.field("error").type == pa.string()
+        assert schema.field("top_probabilities").type == pa.list_(pa.float64())
+    rows = rows_by_id(tmp_path / "out")
+    assert sorted(rows) == bad_ids and all(r["label"] is None and r["error"] for r in rows.values())
+
+
 def test_scores_equal_the_predictor_called_directly(ckpt, digits, tmp_path):
     score.score(ckpt, str(digits["holdout"]), str(tmp_path / "out"), SMALL)
     rows = rows_by_id(tmp_path / "out")

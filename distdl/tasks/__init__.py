@@ -4,7 +4,9 @@ A family (models/) picks its task from its config. A task is constructed from th
 preprocessor and provides, for the worker loop (loop.py) and the Predictor (predict.py):
 
     metrics, default_best          metric names it reports; the default for checkpoint.best_metric
-    output_columns                 the prediction columns it adds in scoring and serving
+    output_types                   {column: Arrow type} of the prediction columns it adds in
+                                   scoring and serving (a batch of failed rows holds only nulls,
+                                   yet every scoring output part must have the same schema)
     loss(model, batch)             -> (scalar loss, rows): one training step's objective
                                    (not needed by a task with its own train_step)
     eval_sums(model, batch)        -> {name: sum over the batch, a number or an array};

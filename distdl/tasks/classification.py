@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
@@ -10,12 +11,14 @@ import torch.nn.functional as F
 class Classification:
     metrics = ("val_accuracy", "val_loss", "val_top5", "train_loss")
     default_best = "val_accuracy"
-    output_columns = ("label", "probability", "top_labels", "top_probabilities")
     targets = ("y",)
 
     def __init__(self, preprocessor: Any):
         self.classes = list(preprocessor.classes)
         self.top5 = len(self.classes) > 5  # top-5 of 5 or fewer classes is always 1
+        label = pa.array(self.classes).type
+        self.output_types = {"label": label, "probability": pa.float64(),
+                             "top_labels": pa.list_(label), "top_probabilities": pa.list_(pa.float64())}
 
     def logits(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**{k: v for k, v in batch.items() if k not in self.targets}).float()  # (B, classes)

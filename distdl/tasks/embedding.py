@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
 import torch
 
 
 class Embedding:
     metrics: tuple[str, ...] = ()
     default_best = None
-    output_columns = ("embedding",)
+    output_types = {"embedding": pa.list_(pa.float64())}
     targets: tuple[str, ...] = ()
 
     def __init__(self, preprocessor: Any):

@@ -17,6 +17,7 @@ import hashlib
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from distdl.checkpoint import join
@@ -50,7 +51,7 @@ class ImageGeneration:
     metrics = ("val_fid", "val_confident", "val_coverage", "train_d_loss", "train_g_loss")
     default_best = "val_fid"
     minimized = ("val_fid",)  # besides losses: lower is better
-    output_columns = ("image",)
+    output_types = {"image": pa.binary()}  # PNG
     targets = ()
     step_sums = ("d_loss", "g_loss")  # what train_step sums; reported as train_d_loss, train_g_loss
     inputs = Ids()  # generation reads ids, not the training rows

@@ -12,6 +12,7 @@ import json
 import math
 from typing import Any, Optional
 
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 class LanguageModel:
     metrics = ("val_perplexity", "val_loss", "train_loss")
     default_best = "val_perplexity"
-    output_columns = ("generated",)
+    output_types = {"generated": pa.string()}
     targets = ()  # the next tokens are the inputs shifted by one
 
     def __init__(self, preprocessor: Any):

@@ -204,6 +204,7 @@ def identity(path: str) -> str:
 
 
 def load_spec(path: str) -> dict:
+    _require_complete(path)
     return yaml.safe_load(_read_text(path, "spec.yaml"))
 
 

@@ -176,7 +176,8 @@ def _score(args: argparse.Namespace) -> int:
         data.infer_format(args.input)  # a missing path fails here, before Ray starts
     else:
         score.check_generative(args.checkpoint, args.generate, args.seed or 0)
-    given = {field: getattr(args, dest) for field, dest in score.FLAGS.items() if getattr(args, dest) is not None}
+    set_by_flags = {field: getattr(args, flag[2:].replace("-", "_")) for field, flag in score.FLAGS.items()}  # argparse's dest
+    given = {field: value for field, value in set_by_flags.items() if value is not None}
     resources = score.resources(args.checkpoint, given)  # bad settings fail here, before Ray starts
     runtime.connect(args.address)
     if args.generate is not None:

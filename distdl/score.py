@@ -63,21 +63,19 @@ class Resources:
         return max(1, int(self.cpus), int(ray.cluster_resources().get("CPU", 1) // self.max_size()))
 
 
-# The `score` section's fields and the argparse dests of the `distdl score` flags that override them.
-FLAGS = {"batch_size": "batch_size", "min_actors": "min_actors", "max_actors": "max_actors",
-         "cpus_per_actor": "cpus", "gpus_per_actor": "gpus", "rows_per_file": "rows_per_file"}
+# The `score` section's fields and the `distdl score` flags that override them.
+FLAGS = {"batch_size": "--batch-size", "min_actors": "--min-actors", "max_actors": "--max-actors",
+         "cpus_per_actor": "--cpus", "gpus_per_actor": "--gpus", "rows_per_file": "--rows-per-file"}
 
 
 def resources(checkpoint_path: str, given: dict) -> Resources:
     """The checkpoint's ``score`` section (its spec.yaml) with ``given`` (field -> value, from
     the command line) over it. Raises SpecError naming each bad field, as the flag when a flag set it."""
-    if not checkpoint.is_complete(checkpoint_path):
-        raise FileNotFoundError(f"{checkpoint_path} is not a complete distdl checkpoint")
     problems: list[tuple[str, str]] = []
     settings = from_dict(ScoreSpec, {**(checkpoint.load_spec(checkpoint_path).get("score") or {}), **given},
                          "score", problems)
     if problems:
-        flag = {f"score.{field}": "--" + dest.replace("_", "-") for field, dest in FLAGS.items() if field in given}
+        flag = {f"score.{field}": FLAGS[field] for field in given}
         raise SpecError([(flag.get(path, path), message) for path, message in problems], "score settings")
     return Resources(settings.batch_size, settings.min_actors, _unless_auto(settings.max_actors),
                      settings.cpus_per_actor, settings.gpus_per_actor, _unless_auto(settings.rows_per_file))

@@ -51,7 +51,7 @@ def test_bad_settings_and_missing_checkpoints_fail_before_ray_starts(tmp_path, c
     missing = subprocess.run([sys.executable, "-m", "distdl", "serve", "--checkpoint", str(tmp_path / "none")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 1 and "Started a local Ray instance" not in missing.stderr
-    assert missing.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'none'} is not a complete distdl checkpoint"
+    assert missing.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'none'} is not a complete distdl checkpoint (no COMPLETE marker)"
 
 
 @pytest.fixture(scope="module")

@@ -65,9 +65,7 @@ def split_entry(entry: str) -> tuple[Optional[str], str]:
 
 def _load(entry: str, overrides: dict[str, Any]) -> Served:
     given_name, path = split_entry(entry)
-    if not checkpoint.is_complete(path):
-        raise FileNotFoundError(f"{path} is not a complete distdl checkpoint")
-    spec = checkpoint.load_spec(path)
+    spec = checkpoint.load_spec(path)  # refuses an incomplete checkpoint
     family, task = served_task(path)
     name = given_name or spec.get("name")
     if not name:

@@ -119,6 +119,9 @@ def score(checkpoint_path: str, input_path: str, output_path: str, resources: Re
     ``options`` go to the Predictor's task (e.g. ``{"top_k": 3}``)."""
     output_path = output_path if is_uri(output_path) else str(Path(output_path).absolute())  # Ray needs absolute
     runtime.warn_if_not_shared({"--checkpoint": checkpoint_path, "--input": input_path, "--output": output_path})
+    # Before reading: Ray's parquet reader runs a sampling task, which on a cluster without a
+    # CPU node would wait for the autoscaler before the pool's warning was printed.
+    resources.check_fits()
     # One block per input file: each is committed as soon as it is scored, so a killed job
     # loses at most the files in flight (Ray would read small files into a single block).
     raw = data.read(input_path, fmt, blocks_per_file=True)
@@ -141,13 +144,13 @@ def generate(checkpoint_path: str, count: int, output_path: str, resources: Reso
     one PNG per row). Each row's output depends only on (seed, id): the same seed gives the
     same images whatever the actors or batches, and a killed job resumes by id."""
     check_generative(checkpoint_path, count, seed)
+    resources.check_fits()
     return _run(checkpoint_path, ray.data.range(count), output_path, resources, "id", overwrite, {"seed": seed})
 
 
 def _run(checkpoint_path: str, raw: ray.data.Dataset, output_path: str, resources: Resources,
          id_column: str | None, overwrite: bool, options: dict) -> Summary:
     started = time.perf_counter()
-    resources.check_fits()
     output_path = output_path if is_uri(output_path) else str(Path(output_path).absolute())  # Ray needs absolute
     id_column = id_column or next((c for c in ("id", "path") if c in raw.columns()), None)
     manifest = {"checkpoint": checkpoint_path, "identity": checkpoint.identity(checkpoint_path),

@@ -81,6 +81,15 @@ def test_text_reader_gives_one_row_per_line(ray_session, tmp_path):
     assert [r["text"] for r in data.read(str(tmp_path / "a.txt")).take_all()] == ["first line", "second line"]
 
 
+def test_one_large_parquet_file_is_read_as_several_blocks(ray_session, tmp_path):
+    """Blocks are what Ray Data spreads over tasks and scoring actors: a single large file read
+    as one block (Ray 2.60's default V2 reader) would be scored by one actor of the pool."""
+    rows = 4000
+    pq.write_table(pa.table({"id": np.arange(rows), "image": [bytes(1024)] * rows}), tmp_path / "one.parquet")
+    ds = data.read(str(tmp_path / "one.parquet")).materialize()
+    assert ds.num_blocks() > 1 and ds.count() == rows
+
+
 def test_a_corrupt_image_names_its_file(ray_session, tmp_path, digits):
     for label in ("0", "1"):
         (tmp_path / label).mkdir()

@@ -69,16 +69,18 @@ def unplaceable(wanted: dict[str, tuple[str, float]], nodes: list[dict[str, floa
     return None
 
 
-def require_a_node_for(wanted: dict[str, tuple[str, float]], what: str) -> None:
+def require_a_node_for(wanted: dict[str, tuple[str, float]], what: str) -> bool:
     """Ray leaves an actor that no node can hold waiting forever, silently. The embedded Ray can
     never gain such a node: refuse it now. An existing cluster may be autoscaling (a GPU group
-    scaled to zero), which Ray 2.60 does not tell a driver: say what is being waited for."""
+    scaled to zero), which Ray 2.60 does not tell a driver: say what is being waited for, and
+    return True (waiting)."""
     reason = unplaceable(wanted, [node["Resources"] for node in ray.nodes() if node["Alive"]], what)
     if reason and _embedded:
         raise ValueError(f"{reason}: no {what} could start")
     if reason:
         print(f"[distdl] warning: {reason}; each {what} waits until such a node joins (an autoscaler "
               "adding one); Ctrl-C stops", file=sys.stderr, flush=True)
+    return reason is not None
 
 
 def quiet_data_progress() -> None:

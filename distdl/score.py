@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,11 @@ class Resources:
 
     def check_fits(self) -> None:
         """Refuse (or, on an existing cluster, warn about) an actor that no node can hold."""
-        runtime.require_a_node_for({"--cpus": ("CPU", self.cpus), "--gpus": ("GPU", self.gpus)}, "scoring actor")
+        waiting = runtime.require_a_node_for({"--cpus": ("CPU", self.cpus), "--gpus": ("GPU", self.gpus)},
+                                             "scoring actor")
+        if waiting and not self.max_actors:
+            print(f"[distdl] warning: the pool is sized from the nodes alive now: {self.max_size()} actor(s); "
+                  "--max-actors N lets it grow as nodes join", file=sys.stderr, flush=True)
 
     def pool(self) -> ray.data.ActorPoolStrategy:
         top = self.max_size()

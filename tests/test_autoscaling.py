@@ -49,6 +49,7 @@ def test_scoring_announces_the_missing_node_and_finishes_once_the_autoscaler_add
     assert result.returncode == 0, result.stderr[-3000:]
     assert ("[distdl] warning: --cpus 1 per scoring actor, but the largest node of this Ray cluster has 0 CPUs; "
             "each scoring actor waits until such a node joins") in result.stderr
+    assert "the pool is sized from the nodes alive now: 1 actor(s); --max-actors N lets it grow" in result.stderr
     assert [node["resources_total"]["CPU"] for node in cluster.alive_nodes() if not node["is_head_node"]] == [2.0]
     rows = len(pq.read_table(digits["holdout"]))
     assert f"rows in: {rows}  rows scored: {rows}  rows with errors: 0" in result.stdout

@@ -232,6 +232,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     batches = epoch_batches()
     for epoch in range(state["epoch"] + 1, train["epochs"] + 1):
+        started = time.perf_counter()
         lr = lr_at(epoch, train)
         for optimizer in optimizers.values():
             for group in optimizer.param_groups:
@@ -244,6 +245,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             batches = epoch_batches()  # the next epoch starts streaming while this one validates
         val_batches = val_shard.iter_torch_batches(batch_size=per_worker, collate_fn=collate, prefetch_batches=2)
         metrics.update(evaluate(task, trained, val_batches, device, train["precision"]))
+        metrics["epoch_s"] = time.perf_counter() - started  # training pass + validation, as a user waits for it
         state["history"].append(metrics)
         state["epoch"] = epoch
         if rank == 0:

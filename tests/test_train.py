@@ -64,6 +64,7 @@ def test_cnn_learns_digits_well_above_chance(ray_session, digits, tmp_path):
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert summary.best_value > 0.6  # 10 classes: chance is 0.1
     assert rows[-1]["val_top5"] >= rows[-1]["val_accuracy"]
+    assert all(0 < r["epoch_s"] < summary.wall_s for r in rows)
     assert checkpoint.is_complete(summary.checkpoint)
 
 

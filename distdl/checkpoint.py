@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow.fs
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -31,6 +32,11 @@ from distdl import models, preprocessors
 from distdl.paths import filesystem, read_bytes
 
 MARKER = "COMPLETE"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that exists but cannot be read (truncated by a failed copy, corrupt)."""
+
 CHECKPOINTS = "checkpoints"
 BEST = "best"
 METRICS = "metrics.jsonl"
@@ -149,11 +155,15 @@ def _read_text(path: str, name: str) -> str:
 
 def _read_tensors(path: str, name: str) -> dict[str, torch.Tensor]:
     fs, inner = filesystem(path)
-    if isinstance(fs, pyarrow.fs.LocalFileSystem):
-        return load_file(join(inner, name))
-    with tempfile.TemporaryDirectory() as tmp:
-        pyarrow.fs.copy_files(join(inner, name), join(tmp, name), source_filesystem=fs)
-        return load_file(join(tmp, name))
+    try:
+        if isinstance(fs, pyarrow.fs.LocalFileSystem):
+            return load_file(join(inner, name))
+        with tempfile.TemporaryDirectory() as tmp:
+            pyarrow.fs.copy_files(join(inner, name), join(tmp, name), source_filesystem=fs)
+            return load_file(join(tmp, name))
+    except SafetensorError as exc:  # read where the model loads (a scoring actor, a replica): name the file
+        raise CheckpointError(f"{join(path, name)} is not a readable safetensors file (truncated or corrupt?): "
+                              f"{exc}") from exc
 
 
 def _require_complete(path: str) -> None:

@@ -10,6 +10,8 @@ rows run in length-sorted sub-batches, so a batch of short texts does not pay fo
 from __future__ import annotations
 
 import inspect
+import os
+import socket
 from typing import Any, Sequence
 
 import numpy as np
@@ -35,6 +37,23 @@ def output_types(checkpoint_path: str) -> dict[str, pa.DataType]:
     return {**task.output_types, "error": pa.string()}
 
 
+class DeviceError(RuntimeError):
+    """A GPU was asked for where torch cannot use one."""
+
+
+def usable_device(name: str) -> torch.device:
+    """``name`` as a torch device, checked before the model moves there. Ray hands out a node's
+    GPUs by count (what its raylet advertises), so a node whose torch cannot reach them (a
+    CPU-only torch build, no NVIDIA driver) would otherwise fail deep inside the first .to()."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "it is a CPU-only build" if torch.version.cuda is None else "it finds no usable NVIDIA driver or GPU"
+        raise DeviceError(f"a GPU was asked for (--gpus, gpus_per_replica) but torch {torch.__version__} on "
+                          f"{socket.gethostname()} cannot use one: {why} "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    return device
+
+
 class Predictor:
     """Callable class for ``ds.map_batches(Predictor, fn_constructor_kwargs=...)``.
 
@@ -49,6 +68,7 @@ class Predictor:
         if threads:
             # One actor per reserved CPU share: more threads than that oversubscribe the cores.
             torch.set_num_threads(threads)
+        self.device = usable_device(device)  # before the model loads: a bad node fails fast
         model, self.pre, meta = checkpoint.load_model(checkpoint_path)
         self.family, self.task_name = meta["family"], models.task_name(meta)
         self.task = tasks.create(self.task_name, self.pre)
@@ -56,7 +76,6 @@ class Predictor:
         self._check(options)
         # What each row's input is: data for the preprocessor, or the task's own (a gan's row ids).
         self.inputs = getattr(self.task, "inputs", None) or self.pre
-        self.device = torch.device(device)
         faster = models.FAMILIES[self.family].for_inference
         self.model = (faster(model) if faster else model).to(self.device)
         self.options = options

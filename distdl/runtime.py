@@ -31,18 +31,6 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> No
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=True,
                  log_to_driver=True)
         _embedded = True
-    _limit_parquet_footer_readers()
-
-
-def _limit_parquet_footer_readers() -> None:
-    """Ray Data 2.60 plans every parquet read with RAY_DATA_PARQUET_FOOTER_NUM_ACTORS (default 32)
-    FooterReader actors, a process each, however few files there are; the driver reads the
-    variable when it plans a read, so setting it here is enough. Measured on 2 cores: a cluster
-    training job of 2 workers on one parquet file used 280 CPU-s with 586 processes, 97 CPU-s with
-    176 at 1; tests/test_score.py 187 -> 101 CPU-s. A quarter of the cluster's CPUs (1..32);
-    an explicit setting wins."""
-    cpus = ray.cluster_resources().get("CPU", 1)
-    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", str(min(32, max(1, int(cpus // 4)))))
 
 
 def warn_if_not_shared(paths: dict[str, Optional[str]]) -> None:
@@ -102,9 +90,15 @@ def root_cause(exc: BaseException) -> str:
     chain = [next(iter(failures.values()))] if failures else [exc]
     while chain[-1].__cause__ is not None:
         chain.append(chain[-1].__cause__)
-    lines = [line for e in chain for line in str(e).splitlines() if line.strip()]
+    return cause_in("\n".join(str(e) for e in chain)) or type(exc).__name__
+
+
+def cause_in(report: str) -> str:
+    """root_cause() of a failure Ray reports as text (e.g. a Serve deployment's message, which
+    holds its replica's traceback)."""
+    lines = [line for line in report.splitlines() if line.strip()]
     for pattern in (DISTDL_ERROR, ANY_ERROR):
         found = [m.group(1) for m in map(pattern.match, lines) if m]
         if found:
             return found[-1]
-    return lines[-1] if lines else type(exc).__name__
+    return lines[-1] if lines else ""

@@ -30,6 +30,10 @@ from distdl.specbase import SpecError, from_dict
 ROW_ID = "row_id"
 
 
+class ScoringError(RuntimeError):
+    """The run itself failed (e.g. no scoring actor could load the model); a bad row never does."""
+
+
 @dataclass
 class Resources:
     """The actor pool and output parts of one scoring run (the `score` section resolved; see resources())."""
@@ -177,7 +181,10 @@ def _run(checkpoint_path: str, raw: ray.data.Dataset, output_path: str, resource
                                "where_column": manifest["id_column"], "device": "cuda" if resources.gpus else "cpu"})
     sink = score_output.PartSink(output_path, manifest["id_column"], output_types(checkpoint_path),
                                  resources.rows_per_file)
-    scored.write_datasink(sink)
+    try:
+        scored.write_datasink(sink)
+    except ray.exceptions.RayError as exc:  # the reason, not Ray's traceback of the actor that died of it
+        raise ScoringError(f"scoring failed: {runtime.root_cause(exc)}") from exc
     score_output.write_manifest(output_path, {**manifest, "complete": True})
     # Count the raw input: the row-id map would hash every row again just to be counted.
     return _summarize(raw.count(), output_path, sink.rows_written, time.perf_counter() - started)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import pickle
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,6 +70,15 @@ def test_a_folder_without_the_marker_is_not_a_checkpoint(tmp_path):
     assert checkpoint.latest(str(tmp_path)) == first
     with pytest.raises(FileNotFoundError, match="not a complete distdl checkpoint"):
         checkpoint.load_model(second)
+
+
+def test_a_truncated_weights_file_is_named_in_the_error(tmp_path):
+    _, path = saved(tmp_path)
+    weights = Path(path) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])  # a copy cut short
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=f"^{re.escape(str(weights))} is not a readable safetensors file \\(truncated or corrupt\\?\\): "):
+        checkpoint.load_model(path)
 
 
 def test_prune_keeps_the_newest(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -10,7 +11,7 @@ import pytest
 import ray
 from test_predict import holdout_batch, tiny_checkpoint
 
-from distdl import score
+from distdl import cli, score
 from distdl.predict import Predictor
 from distdl.specbase import SpecError
 
@@ -105,6 +106,20 @@ def test_actors_no_node_can_hold_are_refused_before_anything_is_written(ckpt, di
     with pytest.raises(ValueError, match=flag):
         score.score(ckpt, str(digits["holdout"]), str(tmp_path / "out"), score.Resources(**asked))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_no_scoring_actor_can_load_fails_with_the_reason_not_a_traceback(ckpt, digits, tmp_path,
+                                                                                     capsys):
+    """The driver reads only the checkpoint's JSON; the weights load in each actor, where Ray
+    would report the failure as an ActorDiedError with the actor's traceback."""
+    broken = tmp_path / "broken"
+    shutil.copytree(ckpt, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a copy cut short
+    assert cli.main(["score", "--checkpoint", str(broken), "--input", str(digits["holdout"]),
+                     "--output", str(tmp_path / "out"), "--max-actors", "1"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"error: scoring failed: {weights} is not a readable safetensors file (truncated or corrupt?): ")
 
 
 def test_pool_settings_come_from_the_checkpoints_score_section_and_flags_override_them(ckpt, digits, tmp_path):

@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 from ray import serve
 from ray.serve import Application
+from ray.serve.schema import DeploymentStatus
 
 from distdl import checkpoint, models
 from distdl.paths import is_uri
@@ -147,6 +148,17 @@ def _absolute(entry: str) -> str:
     return (f"{name}=" if name else "") + (path if is_uri(path) else str(Path(path).absolute()))
 
 
+def _why_not_deployed() -> str | None:
+    """Why replicas failed to start, from Serve's status: serve.run's own error says only
+    "Failed to update the deployments [...]"; the reason (the replica's traceback) is there."""
+    from distdl import runtime
+
+    app = serve.status().applications.get(APP_NAME)
+    failed = [(name.removeprefix("model-"), d.message) for name, d in (app.deployments.items() if app else [])
+              if d.status == DeploymentStatus.DEPLOY_FAILED]
+    return "; ".join(f"no replica of {name} could start: {runtime.cause_in(message)}" for name, message in failed) or None
+
+
 def run(checkpoints: list[str], options: dict[str, Any], api_key_env: Optional[str], host: str, port: int,
         address: Optional[str]) -> None:
     """Serve until SIGINT (Ctrl-C) or SIGTERM. On an existing cluster only this app is deleted
@@ -169,7 +181,10 @@ def run(checkpoints: list[str], options: dict[str, Any], api_key_env: Optional[s
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": host, "port": port})
-        serve.run(application(served, api_key_env), name=APP_NAME, route_prefix="/")
+        try:
+            serve.run(application(served, api_key_env), name=APP_NAME, route_prefix="/")
+        except RuntimeError as exc:
+            raise RuntimeError(_why_not_deployed() or str(exc)) from exc
         url = f"http://{host}:{port}"
         print(f"serving at {url}/ (API docs: {url}/docs; Ctrl-C stops):", flush=True)
         for s in served:

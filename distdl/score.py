@@ -11,7 +11,7 @@ import hashlib
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -113,12 +113,15 @@ class Summary:
     rows_this_run: int
     seconds: float
     output: str
+    error_examples: list[str] = field(default_factory=list)  # the first few reasons, each naming its row
 
     def describe(self) -> str:
         rate = self.rows_this_run / self.seconds if self.seconds else 0.0
+        examples = "".join(f"  e.g. {error}\n" for error in self.error_examples)
+        where = "  (each row's reason is in the output's error column)\n" if examples else ""
         return (f"rows in: {self.rows_in}  rows scored: {self.rows_scored}  rows with errors: "
                 f"{self.rows_with_errors}  ({self.rows_this_run} this run, {rate:,.0f} rows/s)\n"
-                f"output: {self.output}")
+                f"{examples}{where}output: {self.output}")
 
 
 def score(checkpoint_path: str, input_path: str, output_path: str, resources: Resources = Resources(),
@@ -225,8 +228,8 @@ def _drop_done(batch: dict[str, np.ndarray], column: str, done: set) -> dict[str
 
 
 def _summarize(rows_in: int, output_path: str, rows_this_run: int, seconds: float) -> Summary:
-    rows_out, errors = score_output.counts(output_path)
-    return Summary(rows_in, rows_out, rows_out - errors, errors, rows_this_run, seconds, output_path)
+    rows_out, errors, examples = score_output.counts(output_path)
+    return Summary(rows_in, rows_out, rows_out - errors, errors, rows_this_run, seconds, output_path, examples)
 
 
 def _add_row_id(batch: dict[str, np.ndarray], column: str) -> dict[str, np.ndarray]:

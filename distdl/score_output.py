@@ -96,12 +96,13 @@ def committed_ids(output_path: str, id_column: str) -> set:
     return set() if ids is None else set(ids.to_pylist())
 
 
-def counts(output_path: str) -> tuple[int, int]:
-    """(rows, rows with an error) over the committed parts."""
+def counts(output_path: str, examples: int = 3) -> tuple[int, int, list[str]]:
+    """(rows, rows with an error, the first ``examples`` errors) over the committed parts."""
     errors = _column(output_path, "error")
     if errors is None:
-        return 0, 0
-    return len(errors), pc.count(errors).as_py()  # count() skips nulls: the rows with an error
+        return 0, 0, []
+    first = pc.drop_null(errors)[:examples].to_pylist()  # each names its row
+    return len(errors), pc.count(errors).as_py(), first  # count() skips nulls: the rows with an error
 
 
 def remove_partial(output_path: str) -> None:

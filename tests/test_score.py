@@ -47,7 +47,10 @@ def test_every_row_comes_out_once_and_bad_rows_carry_an_error(ckpt, digits, with
     assert set(rows) == set(pq.read_table(path)["id"].to_pylist())
     assert "cannot decode image" in rows[bad_id]["error"] and rows[bad_id]["label"] is None
     assert (summary.rows_in, summary.rows_scored, summary.rows_with_errors) == (len(rows), len(rows) - 1, 1)
-    assert f"rows in: {len(rows)}" in summary.describe()
+    assert summary.describe().splitlines()[:3] == [
+        f"rows in: {len(rows)}  rows scored: {len(rows) - 1}  rows with errors: 1  ({len(rows)} this run, "
+        f"{len(rows) / summary.seconds:,.0f} rows/s)",
+        f"  e.g. {rows[bad_id]['error']}", "  (each row's reason is in the output's error column)"]
 
 
 def test_predictions_keep_their_types_in_a_part_whose_rows_all_failed(ckpt, digits, tmp_path):

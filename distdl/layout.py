@@ -105,3 +105,16 @@ def resolve(scaling: ScalingSpec, cluster: Cluster) -> Layout:
             f"scaling: {workers} worker(s) x {cpus:g} CPU reserve all {cluster.total_cpus:g} CPUs of the cluster; "
             "Ray Data would get none and ingest would stall. Lower scaling.cpus_per_worker or scaling.num_workers")
     return Layout(workers, use_gpu, cpus, gpus, threads, data_cpus)
+
+
+def sized_from_live_nodes(scaling: ScalingSpec, cluster: Cluster) -> str | None:
+    """What to tell a user whose layout ``auto`` fields were sized from the nodes alive now, on
+    a cluster that may be autoscaling: Ray 2.60 does not tell a driver which nodes an autoscaler
+    could add (a GPU worker group at zero looks like no GPUs), so those nodes are not counted.
+    Explicit fields do not help there: their CPUs and GPUs are checked against the live nodes too."""
+    auto = [f"scaling.{name}" for name in ("num_workers", "use_gpu") if getattr(scaling, name) == "auto"]
+    if not auto:
+        return None
+    return (f"auto {' and '.join(auto)} sized from the {cluster.nodes} node(s) with CPUs alive now; nodes an "
+            "autoscaler adds later are not counted (a GPU group at zero counts as no GPUs): to train on them, "
+            "scale their worker group up first (min_workers in cluster/*.yaml, minReplicas in KubeRay)")

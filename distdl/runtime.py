@@ -33,6 +33,11 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> No
         _embedded = True
 
 
+def is_embedded() -> bool:
+    """Whether this process runs the embedded local Ray that connect() started (it can never gain a node)."""
+    return _embedded
+
+
 def warn_if_not_shared(paths: dict[str, Optional[str]]) -> None:
     """On a cluster of several nodes, workers and Ray Data tasks on every node read and write
     these paths (and the driver reads the run back). A local path works only if it is the same

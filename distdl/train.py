@@ -18,7 +18,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from distdl import checkpoint, data, models, runtime
-from distdl.layout import Cluster, Layout, resolve
+from distdl.layout import Cluster, Layout, resolve, sized_from_live_nodes
 from distdl.loop import StepHook, train_loop_per_worker
 from distdl.spec import JobSpec
 
@@ -92,8 +92,12 @@ def _trainer(spec: JobSpec, layout: Layout, datasets: dict, config: dict) -> Tor
 def run(spec: JobSpec, step_hook: Optional[StepHook] = None) -> Summary:
     """Train ``spec`` on the connected Ray cluster (see runtime.connect); resumes a run of the same name."""
     start = time.perf_counter()
-    layout = resolve(spec.scaling, Cluster.current())
+    cluster = Cluster.current()
+    layout = resolve(spec.scaling, cluster)
     print(f"[distdl] layout: {layout.describe()}", flush=True)
+    note = None if runtime.is_embedded() else sized_from_live_nodes(spec.scaling, cluster)
+    if note:
+        print(f"[distdl] note: {note}", flush=True)
     runtime.warn_if_not_shared({"storage": spec.storage, "data.train": spec.data.train, "data.val": spec.data.val})
     resume_from = checkpoint.latest(spec.run_dir)
     if resume_from:

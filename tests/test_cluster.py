@@ -100,6 +100,8 @@ def test_training_spreads_over_both_raylets_and_its_checkpoint_loads(trained, pr
     assert len(workers) == 2 and {w["node_id"] for w in workers} == nodes and len(nodes) == 2
     # Rank 0 says what the run really got: the CPU collective backend joins both raylets' workers.
     assert "[distdl] 2 worker(s) on cpu, precision fp32, process group gloo" in result.stdout
+    # An existing cluster may autoscale: the spec's auto use_gpu was decided by the nodes alive now.
+    assert "[distdl] note: auto scaling.use_gpu sized from the 2 node(s) with CPUs alive now" in result.stdout
     assert "[distdl] warning: this Ray cluster has 2 nodes and storage=" in result.stderr + result.stdout
     assert "every node must see the same files there" in result.stderr + result.stdout
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from distdl.layout import Cluster, LayoutError, resolve
+from distdl.layout import Cluster, LayoutError, resolve, sized_from_live_nodes
 from distdl.spec import ScalingSpec
 
 
@@ -50,3 +50,13 @@ def test_nodes_without_cpus_do_not_train_and_a_cluster_of_none_is_refused_with_t
     assert Cluster.of([head, gpu_node]) == Cluster(nodes=1, cpus_per_node=4, gpus_per_node=1, total_cpus=4, total_gpus=1)
     with pytest.raises(LayoutError, match=r"no node of this Ray cluster has CPUs to train on .*min_workers: 1"):
         Cluster.of([head])
+
+
+def test_auto_fields_sized_from_the_live_nodes_say_so_for_clusters_that_autoscale():
+    two_nodes = cluster(nodes=2)
+    assert sized_from_live_nodes(ScalingSpec(), two_nodes) == (
+        "auto scaling.num_workers and scaling.use_gpu sized from the 2 node(s) with CPUs alive now; nodes an "
+        "autoscaler adds later are not counted (a GPU group at zero counts as no GPUs): to train on them, scale "
+        "their worker group up first (min_workers in cluster/*.yaml, minReplicas in KubeRay)")
+    assert sized_from_live_nodes(ScalingSpec(num_workers=2), two_nodes).startswith("auto scaling.use_gpu sized")
+    assert sized_from_live_nodes(ScalingSpec(num_workers=2, use_gpu=False), two_nodes) is None

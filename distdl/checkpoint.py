@@ -32,14 +32,13 @@ from distdl import models, preprocessors
 from distdl.paths import filesystem, read_bytes
 
 MARKER = "COMPLETE"
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+METRICS = "metrics.jsonl"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that exists but cannot be read (truncated by a failed copy, corrupt)."""
-
-CHECKPOINTS = "checkpoints"
-BEST = "best"
-METRICS = "metrics.jsonl"
 
 
 def join(*parts: str) -> str:

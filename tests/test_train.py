@@ -106,21 +106,28 @@ def test_an_interrupted_run_continues_at_the_next_epoch(ray_session, tiny, tmp_p
     assert train.run(spec).epochs == 3  # a finished run is left as it is
 
 
-def test_resuming_with_a_different_model_is_refused(ray_session, tiny, tmp_path):
-    train.run(tiny_spec(tiny, tmp_path, "changed", train={"epochs": 1}))
-    with pytest.raises(train.TrainingError, match="Use a new name"):
-        train.run(tiny_spec(tiny, tmp_path, "changed", model={"width": 8}))
+@pytest.fixture(scope="module")
+def kept(ray_session, tiny, tmp_path_factory) -> tuple[specmod.JobSpec, train.Summary]:
+    """One finished 4-epoch run that keeps the newest 2 checkpoints and the best by val_loss."""
+    spec = tiny_spec(tiny, tmp_path_factory.mktemp("kept"), "keep", train={"epochs": 4},
+                     checkpoint={"keep": 2, "best_metric": "val_loss"})
+    return spec, train.run(spec)
 
 
-def test_keep_k_and_best_copy(ray_session, tiny, tmp_path):
-    spec = tiny_spec(tiny, tmp_path, "keep", train={"epochs": 4}, checkpoint={"keep": 2, "best_metric": "val_loss"})
-    summary = train.run(spec)
-    kept = [p.rsplit("/", 1)[1] for p in checkpoint.list_checkpoints(spec.run_dir)]
-    assert kept == ["epoch_0003", "epoch_0004"]
+def test_keep_k_and_best_copy(kept):
+    spec, summary = kept
+    kept_dirs = [p.rsplit("/", 1)[1] for p in checkpoint.list_checkpoints(spec.run_dir)]
+    assert kept_dirs == ["epoch_0003", "epoch_0004"]
     losses = {r["epoch"]: r["val_loss"] for r in history(spec.run_dir)}
     assert summary.best_epoch == min(losses, key=losses.get)
     best_state, _ = checkpoint.load_train_state(checkpoint.best_dir(spec.run_dir))
     assert best_state["epoch"] == summary.best_epoch
+
+
+def test_resuming_with_a_different_model_is_refused(kept, tiny):
+    spec, _ = kept
+    with pytest.raises(train.TrainingError, match="Use a new name"):
+        train.run(tiny_spec(tiny, spec.storage, spec.name, model={"width": 8}))
 
 
 def model_inputs(ds) -> list[tuple]:

@@ -1,9 +1,17 @@
 """Numpy batches from Ray Data -> tensors, padding variable-length columns to the batch's longest."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
+
+# Ray Data hands workers and actors read-only numpy views of its object store. The tensors made
+# from them are model inputs, never written in place, so they share that memory instead of
+# copying it; torch warns about every such array (once per process). Set here, at import, not
+# per call: collate runs on Ray's prefetch threads and warnings.catch_warnings() is not thread-safe.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 
 def pad(values: np.ndarray, fill: float = 0) -> np.ndarray:

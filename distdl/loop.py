@@ -8,6 +8,7 @@ Rank 0 alone writes checkpoints and metrics.jsonl; every rank calls ``ray.train.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import sys
 import time
@@ -187,6 +188,15 @@ def evaluate(task, model, batches, device, precision: str) -> dict[str, float]:
     return task.eval_metrics(_all_reduce_sums(totals, device))
 
 
+def _quiet_report_log() -> None:
+    """Ray Train 2.60 logs each ray.train.report at INFO in the worker ("Reporting training result
+    N: TrainingReport(metrics={...})", ~500 characters), repeating the epoch line say() prints.
+    That module names its logger by its file path."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def _is_better(value: float, best: Optional[float], mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
@@ -195,6 +205,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     spec, train = config["spec"], config["spec"]["train"]
     ckpt_spec, run_dir = spec["checkpoint"], config["run_dir"]
     torch.set_num_threads(config["threads"])
+    _quiet_report_log()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()

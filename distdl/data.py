@@ -26,6 +26,7 @@ FOLDER_FORMATS = {"image_folder": ("image", IMAGE_EXTENSIONS), "audio_folder": (
 MAX_BLOCKS = 2000  # read tasks per scoring job; more costs more in scheduling than it saves on a kill
 FILES_PER_BLOCK = 256  # class-per-folder inputs: one file is one row
 EXTENSION_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}
+SET_FORMAT = "set data.format (training) or --format (distdl score)"
 
 
 class DataError(ValueError):
@@ -41,7 +42,7 @@ def infer_format(path: str) -> str:
     if info.type == pyarrow.fs.FileType.File:
         ext = posixpath.splitext(inner)[1].lower()
         if ext not in EXTENSION_FORMATS:
-            raise DataError(f"cannot infer the format of {path} from '{ext}'; set data.format")
+            raise DataError(f"cannot infer the format of {path} from '{ext}'; {SET_FORMAT}")
         return EXTENSION_FORMATS[ext]
     entries = fs.get_file_info(pyarrow.fs.FileSelector(inner, recursive=False))
     folders = [e for e in entries if e.type == pyarrow.fs.FileType.Directory]
@@ -51,7 +52,9 @@ def infer_format(path: str) -> str:
     exts = {posixpath.splitext(e.path)[1].lower() for e in entries if not e.base_name.startswith((".", "_"))}
     found = sorted({EXTENSION_FORMATS[e] for e in exts if e in EXTENSION_FORMATS})
     if len(found) != 1:
-        raise DataError(f"cannot infer the format of folder {path} (extensions {sorted(exts)}); set data.format")
+        if not exts:
+            raise DataError(f"data folder {path} holds no data files")
+        raise DataError(f"cannot infer the format of folder {path} (extensions {sorted(exts)}); {SET_FORMAT}")
     return found[0]
 
 

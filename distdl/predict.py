@@ -29,12 +29,23 @@ from distdl.preprocessors import BadInputError
 SORTED_RUN_ROWS = 64
 
 
+def _task_of(checkpoint_path: str):
+    """The checkpoint's task and preprocessor from its JSON files, without loading the model."""
+    pre = checkpoint.load_preprocessor(checkpoint_path)
+    return tasks.create(models.task_name(checkpoint.load_meta(checkpoint_path)), pre), pre
+
+
 def output_types(checkpoint_path: str) -> dict[str, pa.DataType]:
-    """The Arrow type of each column a Predictor of this checkpoint adds, read from its JSON
-    files without loading the model (the scoring driver fixes its output schema with it)."""
-    task = tasks.create(models.task_name(checkpoint.load_meta(checkpoint_path)),
-                        checkpoint.load_preprocessor(checkpoint_path))
-    return {**task.output_types, "error": pa.string()}
+    """The Arrow type of each column a Predictor of this checkpoint adds (the scoring driver
+    fixes its output schema with it)."""
+    return {**_task_of(checkpoint_path)[0].output_types, "error": pa.string()}
+
+
+def input_column(checkpoint_path: str) -> str:
+    """The column a Predictor of this checkpoint reads each row from (the scoring driver
+    checks the input has it before any actor starts)."""
+    task, pre = _task_of(checkpoint_path)
+    return (getattr(task, "inputs", None) or pre).input_column
 
 
 class DeviceError(RuntimeError):

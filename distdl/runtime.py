@@ -84,13 +84,16 @@ def quiet_data_progress() -> None:
 
 
 DISTDL_ERROR = re.compile(r"^\s*(?:\(\w+ pid=\d+\)\s*)?distdl\.[\w.]+: (.+)$")
+# Ray's own wrappers (ray.exceptions.UserCodeException: "UDF failed to process a data block")
+# come after the error they wrap: the last error that is not Ray's is the cause.
+USER_ERROR = re.compile(r"^\s*(?!ray\.)[\w.]+(?:Error|Exception): (.+)$")
 ANY_ERROR = re.compile(r"^\s*[\w.]+(?:Error|Exception): (.+)$")
 
 
 def root_cause(exc: BaseException) -> str:
     """The message a user needs from a Ray failure. Ray wraps a worker's error in several
     layers of tracebacks and advice; distdl's own error (a bad file, a bad label) wins,
-    else the innermost error line, else the last line."""
+    else the last error line that is not one of Ray's wrappers, else Ray's, else the last line."""
     failures = getattr(exc, "worker_failures", None)
     chain = [next(iter(failures.values()))] if failures else [exc]
     while chain[-1].__cause__ is not None:
@@ -102,7 +105,7 @@ def cause_in(report: str) -> str:
     """root_cause() of a failure Ray reports as text (e.g. a Serve deployment's message, which
     holds its replica's traceback)."""
     lines = [line for line in report.splitlines() if line.strip()]
-    for pattern in (DISTDL_ERROR, ANY_ERROR):
+    for pattern in (DISTDL_ERROR, USER_ERROR, ANY_ERROR):
         found = [m.group(1) for m in map(pattern.match, lines) if m]
         if found:
             return found[-1]

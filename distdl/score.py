@@ -23,7 +23,8 @@ import ray.data
 
 from distdl import checkpoint, data, models, runtime, score_output, tasks
 from distdl.paths import filesystem, is_uri
-from distdl.predict import Predictor, output_types
+from distdl.predict import Predictor, input_column, output_types
+from distdl.preprocessors.base import require_column
 from distdl.spec import ScoreSpec
 from distdl.specbase import SpecError, from_dict
 
@@ -137,6 +138,10 @@ def score(checkpoint_path: str, input_path: str, output_path: str, resources: Re
     # One block per input file: each is committed as soon as it is scored, so a killed job
     # loses at most the files in flight (Ray would read small files into a single block).
     raw = data.read(input_path, fmt, blocks_per_file=True)
+    # Here, not in the first batch of an actor: the schema is fetched once (it is cached for _run).
+    require_column(raw, input_column(checkpoint_path), "input")
+    if id_column:
+        require_column(raw, id_column, "--id-column")
     return _run(checkpoint_path, raw, output_path, resources, id_column, overwrite, options or {})
 
 

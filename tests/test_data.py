@@ -76,6 +76,15 @@ def test_formats_are_inferred_from_extension_or_folder_content(same_rows):
         data.infer_format(str(same_rows / "nope.parquet"))
 
 
+def test_a_format_that_cannot_be_inferred_says_which_setting_names_it(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DataError, match=r"^data folder .*/empty holds no data files$"):
+        data.infer_format(str(tmp_path / "empty"))
+    (tmp_path / "rows.tsv").write_text("a\tb\n")
+    with pytest.raises(data.DataError, match=r"from '\.tsv'; set data\.format \(training\) or --format \(distdl score\)$"):
+        data.infer_format(str(tmp_path / "rows.tsv"))
+
+
 def test_text_reader_gives_one_row_per_line(ray_session, tmp_path):
     (tmp_path / "a.txt").write_text("first line\nsecond line\n")
     assert [r["text"] for r in data.read(str(tmp_path / "a.txt")).take_all()] == ["first line", "second line"]

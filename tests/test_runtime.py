@@ -32,6 +32,16 @@ def test_otherwise_the_innermost_error_line_or_the_last_line():
     assert root_cause(RuntimeError("just a message\nsecond line")) == "second line"
 
 
+def test_rays_wrapper_of_a_user_code_error_is_not_the_cause():
+    inner = ("  File \"/x/model.py\", line 3, in forward\n"
+             "ValueError: expected 3 channels, got 1\n"
+             "The above exception was the direct cause of the following exception:\n"
+             "ray.exceptions.UserCodeException: UDF failed to process a data block.\n"
+             "Failed to apply UDF transform after 1/1 attempts (total backoff 0.0s).")
+    assert root_cause(wrapped(inner, "Dataset execution failed")) == "expected 3 channels, got 1"
+    assert runtime.cause_in("ray.exceptions.ActorDiedError: The actor died unexpectedly") == "The actor died unexpectedly"
+
+
 def test_an_actor_fits_when_one_node_holds_all_it_asks():
     gpu_node, cpu_node = {"CPU": 4.0, "GPU": 1.0}, {"CPU": 16.0}
     wanted = {"--cpus": ("CPU", 4.0), "--gpus": ("GPU", 1.0)}

@@ -90,6 +90,18 @@ def test_pixel_arrays_of_wrong_shape_or_nan_are_errors_not_failures(ckpt, tmp_pa
     assert (summary.rows_scored, summary.rows_with_errors) == (2, 2)
 
 
+def test_an_input_without_the_models_column_or_the_id_column_is_refused_before_any_actor_starts(ckpt, digits,
+                                                                                              tmp_path):
+    table = pq.read_table(digits["holdout"])
+    renamed = tmp_path / "renamed.parquet"
+    pq.write_table(table.rename_columns(["id", "picture", *table.column_names[2:]]), renamed)
+    with pytest.raises(ValueError, match=r"^input column 'image' not in the data; columns: \['id', 'picture'"):
+        score.score(ckpt, str(renamed), str(tmp_path / "out"), SMALL)
+    with pytest.raises(ValueError, match=r"^--id-column column 'key' not in the data; columns: \['id', 'image'"):
+        score.score(ckpt, str(digits["holdout"]), str(tmp_path / "out"), SMALL, id_column="key")
+    assert not (tmp_path / "out").exists()  # refused before the output was prepared
+
+
 def test_another_checkpoint_is_refused_unless_overwrite(ckpt, digits, tmp_path):
     out = str(tmp_path / "out")
     score.score(ckpt, str(digits["holdout"]), out, SMALL)

@@ -5,6 +5,7 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from distdl import clustercli
 from distdl import spec as specmod
@@ -32,13 +33,27 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
                    help="override a spec field, e.g. --set train.lr=0.01 (value parsed as YAML; repeatable)")
 
 
+def _at_least(minimum: int | float, kind: type = int) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` of the text, refused below ``minimum`` before anything runs."""
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value >= minimum:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'"
+    return parse
+
+
 def _generation_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--top-k", type=int, default=None,
+    p.add_argument("--top-k", type=_at_least(1), default=None,
                    help="classification: top labels kept per row (default 5); language model: sample from "
                    "the k most likely characters (default: all)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="language model: characters to generate (default 200)")
-    p.add_argument("--temperature", type=float, default=None, help="language model: 0 is greedy (default 1.0)")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--max-new-tokens", type=_at_least(0), default=None,
+                   help="language model: characters to generate (default 200)")
+    p.add_argument("--temperature", type=_at_least(0.0, float), default=None,
+                   help="language model: 0 is greedy (default 1.0)")
+    p.add_argument("--seed", type=_at_least(0), default=None,
                    help="language model: sampling seed per row; score --generate: with the row id, seeds each "
                    "image's latent, so the same seed gives the same images (default 0)")
 
@@ -171,6 +186,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     from distdl import data, runtime, score
+    from distdl.predict import check_options
 
     if args.input:
         data.infer_format(args.input)  # a missing path fails here, before Ray starts
@@ -179,6 +195,7 @@ def _score(args: argparse.Namespace) -> int:
     set_by_flags = {field: getattr(args, flag[2:].replace("-", "_")) for field, flag in score.FLAGS.items()}  # argparse's dest
     given = {field: value for field, value in set_by_flags.items() if value is not None}
     resources = score.resources(args.checkpoint, given)  # bad settings fail here, before Ray starts
+    check_options(args.checkpoint, generation_options(args))  # e.g. --temperature for a classifier
     runtime.connect(args.address)
     if args.generate is not None:
         summary = score.generate(args.checkpoint, args.generate, args.output, resources, args.seed or 0,

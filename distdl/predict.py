@@ -29,10 +29,10 @@ from distdl.preprocessors import BadInputError
 SORTED_RUN_ROWS = 64
 
 
-def _task_of(checkpoint_path: str):
-    """The checkpoint's task and preprocessor from its JSON files, without loading the model."""
-    pre = checkpoint.load_preprocessor(checkpoint_path)
-    return tasks.create(models.task_name(checkpoint.load_meta(checkpoint_path)), pre), pre
+def _task_of(checkpoint_path: str) -> tuple[Any, Any, str]:
+    """(task, preprocessor, task name) of the checkpoint from its JSON files, without loading the model."""
+    pre, name = checkpoint.load_preprocessor(checkpoint_path), models.task_name(checkpoint.load_meta(checkpoint_path))
+    return tasks.create(name, pre), pre, name
 
 
 def output_types(checkpoint_path: str) -> dict[str, pa.DataType]:
@@ -41,10 +41,24 @@ def output_types(checkpoint_path: str) -> dict[str, pa.DataType]:
     return {**_task_of(checkpoint_path)[0].output_types, "error": pa.string()}
 
 
+def refuse_unknown_options(task: Any, task_name: str, options: dict[str, Any]) -> None:
+    """Options are the keyword arguments of the task's ``predict`` after (model, features)."""
+    accepted = list(inspect.signature(task.predict).parameters)[2:]
+    if set(options) - set(accepted):
+        raise ValueError(f"option(s) {sorted(set(options) - set(accepted))} do not apply to a "
+                         f"{task_name} model; it takes {accepted}")
+
+
+def check_options(checkpoint_path: str, options: dict[str, Any]) -> None:
+    """What each Predictor of this checkpoint would refuse, checked on the driver before Ray starts."""
+    task, _, name = _task_of(checkpoint_path)
+    refuse_unknown_options(task, name, options)
+
+
 def input_column(checkpoint_path: str) -> str:
     """The column a Predictor of this checkpoint reads each row from (the scoring driver
     checks the input has it before any actor starts)."""
-    task, pre = _task_of(checkpoint_path)
+    task, pre, _ = _task_of(checkpoint_path)
     return (getattr(task, "inputs", None) or pre).input_column
 
 
@@ -83,8 +97,7 @@ class Predictor:
         model, self.pre, meta = checkpoint.load_model(checkpoint_path)
         self.family, self.task_name = meta["family"], models.task_name(meta)
         self.task = tasks.create(self.task_name, self.pre)
-        self.accepted = list(inspect.signature(self.task.predict).parameters)[2:]  # after (model, features)
-        self._check(options)
+        refuse_unknown_options(self.task, self.task_name, options)
         # What each row's input is: data for the preprocessor, or the task's own (a gan's row ids).
         self.inputs = getattr(self.task, "inputs", None) or self.pre
         faster = models.FAMILIES[self.family].for_inference
@@ -100,7 +113,7 @@ class Predictor:
     def __call__(self, batch: dict[str, np.ndarray], **options: Any) -> dict[str, np.ndarray]:
         """Prediction columns for ``batch``; ``options`` override the constructor's for this call
         (serving: a request's own temperature or seed)."""
-        self._check(options)
+        refuse_unknown_options(self.task, self.task_name, options)
         values = batch[self.inputs.input_column]
         decoded: list[Any] = []
         errors = np.full(len(values), None, dtype=object)
@@ -114,11 +127,6 @@ class Predictor:
         out = {name: batch[name] for name in self.passthrough}
         predicted = self._predict([decoded[i] for i in good], good, len(values), {**self.options, **options})
         return {**out, **predicted, "error": errors}
-
-    def _check(self, options: dict[str, Any]) -> None:
-        if set(options) - set(self.accepted):
-            raise ValueError(f"option(s) {sorted(set(options) - set(self.accepted))} do not apply to a "
-                             f"{self.task_name} model; it takes {self.accepted}")
 
     def _predict(self, examples: list[Any], good: list[int], n: int, options: dict[str, Any]) -> dict[str, np.ndarray]:
         """Prediction columns for all ``n`` rows; rows outside ``good`` stay null."""

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from distdl import cli
@@ -62,6 +63,21 @@ def test_bad_score_settings_fail_before_ray_starts(ray_session, digits, tmp_path
                     "--gpus", "-1")
     assert result.returncode == 2 and "Started a local Ray instance" not in result.stderr
     assert result.stderr.strip().splitlines()[-2:] == ["error: invalid score settings:", "  --gpus: must be >= 0, got -1.0"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_prediction_options_fail_before_ray_starts(ray_session, digits, tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", digits["train"])
+    common = ["score", "--checkpoint", ckpt, "--input", str(digits["holdout"]), "--output", str(tmp_path / "out")]
+    for flag, value, reason in (("--top-k", "0", "must be >= 1, got 0"), ("--temperature", "nan", "must be >= 0.0, got nan"),
+                                ("--seed", "x", "invalid int value: 'x'")):
+        with pytest.raises(SystemExit) as exit:
+            cli.main([*common, flag, value])
+        assert exit.value.code == 2 and f"argument {flag}: {reason}" in capsys.readouterr().err
+    result = distdl(*common, "--max-new-tokens", "5")  # an option a classifier does not take
+    assert result.returncode == 1 and "Started a local Ray instance" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: option(s) ['max_new_tokens'] do not apply to a classification model; it takes ['top_k']")
     assert not (tmp_path / "out").exists()
 
 

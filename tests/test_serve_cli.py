@@ -3,6 +3,7 @@ and a real server on the session's Ray that prints its URL, answers and stops on
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -73,6 +74,16 @@ def test_replicas_no_node_can_hold_are_refused_before_serve_starts(ray_session, 
                                          r"Ray cluster has 0 GPUs: no replica of digits could start$"):
         distdl_serve.run([ckpt], {"gpus_per_replica": 1}, None, "127.0.0.1", free_port(), None)
     assert distdl_serve.APP_NAME not in serve.status().applications
+
+
+def test_a_taken_port_is_refused_before_ray_starts(ckpt, monkeypatch, capsys):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # an embedded Ray: Serve would bind on this machine
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--checkpoint", ckpt, "--port", str(port)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: --port {port}: 127.0.0.1:{port} is not free (Address already in use); choose another --port")
 
 
 def test_serve_prints_the_url_answers_and_stops_cleanly_on_ctrl_c(ray_session, digits, ckpt):

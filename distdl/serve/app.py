@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,20 @@ def _absolute(entry: str) -> str:
     return (f"{name}=" if name else "") + (path if is_uri(path) else str(Path(path).absolute()))
 
 
+def _deploy(served: list[Served], api_key_env: Optional[str], host: str, port: int) -> None:
+    """serve.start + serve.run, failing with the reason: Ray's errors carry a remote traceback."""
+    from distdl import runtime
+
+    try:
+        serve.start(http_options={"host": host, "port": port})
+    except RuntimeError as exc:  # e.g. the port is taken on a cluster's head node
+        raise RuntimeError(f"Serve could not start on {host}:{port}: {runtime.cause_in(str(exc))}") from exc
+    try:
+        serve.run(application(served, api_key_env), name=APP_NAME, route_prefix="/")
+    except RuntimeError as exc:
+        raise RuntimeError(_why_not_deployed() or runtime.cause_in(str(exc))) from exc
+
+
 def _why_not_deployed() -> str | None:
     """Why replicas failed to start, from Serve's status: serve.run's own error says only
     "Failed to update the deployments [...]"; the reason (the replica's traceback) is there."""
@@ -157,6 +172,14 @@ def _why_not_deployed() -> str | None:
     failed = [(name.removeprefix("model-"), d.message) for name, d in (app.deployments.items() if app else [])
               if d.status == DeploymentStatus.DEPLOY_FAILED]
     return "; ".join(f"no replica of {name} could start: {runtime.cause_in(message)}" for name, message in failed) or None
+
+
+def _refuse_a_taken_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))  # as Serve's proxy binds it (no SO_REUSEADDR)
+        except OSError as exc:
+            raise ValueError(f"--port {port}: {host}:{port} is not free ({exc.strerror}); choose another --port") from exc
 
 
 def run(checkpoints: list[str], options: dict[str, Any], api_key_env: Optional[str], host: str, port: int,
@@ -171,6 +194,8 @@ def run(checkpoints: list[str], options: dict[str, Any], api_key_env: Optional[s
     if api_key_env and not os.environ.get(api_key_env):
         raise ValueError(f"--api-key-env {api_key_env}: ${api_key_env} is not set")
     embedded = not (address or os.environ.get("RAY_ADDRESS"))
+    if embedded:  # Serve's proxy binds on this machine: a taken port fails now, not after Ray starts
+        _refuse_a_taken_port(host, port)
     runtime.connect(address)
     for s in served:
         runtime.require_a_node_for({"cpus_per_replica": ("CPU", s.options.cpus_per_replica),
@@ -180,11 +205,7 @@ def run(checkpoints: list[str], options: dict[str, Any], api_key_env: Optional[s
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        serve.start(http_options={"host": host, "port": port})
-        try:
-            serve.run(application(served, api_key_env), name=APP_NAME, route_prefix="/")
-        except RuntimeError as exc:
-            raise RuntimeError(_why_not_deployed() or str(exc)) from exc
+        _deploy(served, api_key_env, host, port)
         url = f"http://{host}:{port}"
         print(f"serving at {url}/ (API docs: {url}/docs; Ctrl-C stops):", flush=True)
         for s in served:

@@ -179,6 +179,7 @@ def _train(args: argparse.Namespace) -> int:
     data.infer_format(spec.data.train)  # a missing path fails here, before Ray starts
     if spec.data.val:
         data.infer_format(spec.data.val)
+    train.require_writable_storage(spec)  # so does a storage folder that cannot be made
     runtime.connect(args.address)
     print(train.run(spec).describe())
     return 0

@@ -20,6 +20,7 @@ from ray.train.torch import TorchTrainer
 from distdl import checkpoint, data, models, runtime
 from distdl.layout import Cluster, Layout, resolve, sized_from_live_nodes
 from distdl.loop import StepHook, train_loop_per_worker
+from distdl.paths import filesystem
 from distdl.spec import JobSpec
 
 
@@ -89,9 +90,20 @@ def _trainer(spec: JobSpec, layout: Layout, datasets: dict, config: dict) -> Tor
     )
 
 
+def require_writable_storage(spec: JobSpec) -> None:
+    """Create the run folder now: Ray Train's controller would otherwise fail to, after the
+    data work, and die of it with an actor traceback."""
+    fs, inner = filesystem(spec.run_dir)
+    try:
+        fs.create_dir(inner, recursive=True)
+    except OSError as exc:
+        raise TrainingError(f"storage {spec.storage}: cannot create the run folder {spec.run_dir}: {exc}") from exc
+
+
 def run(spec: JobSpec, step_hook: Optional[StepHook] = None) -> Summary:
     """Train ``spec`` on the connected Ray cluster (see runtime.connect); resumes a run of the same name."""
     start = time.perf_counter()
+    require_writable_storage(spec)
     cluster = Cluster.current()
     layout = resolve(spec.scaling, cluster)
     print(f"[distdl] layout: {layout.describe()}", flush=True)
@@ -120,7 +132,7 @@ def run(spec: JobSpec, step_hook: Optional[StepHook] = None) -> Summary:
     }
     try:
         _trainer(spec, layout, build_datasets(spec, pre, train_raw, val_raw), config).fit()
-    except ray.train.TrainingFailedError as exc:
+    except (ray.train.TrainingFailedError, ray.exceptions.RayError) as exc:  # the reason, not Ray's traceback
         raise TrainingError(f"training failed: {runtime.root_cause(exc)}") from exc
     return _summary(spec, start, resume_from)
 

@@ -81,6 +81,15 @@ def test_bad_prediction_options_fail_before_ray_starts(ray_session, digits, tmp_
     assert not (tmp_path / "out").exists()
 
 
+def test_storage_that_cannot_hold_the_run_is_a_one_line_error_before_ray_starts(digits, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    storage = tmp_path / "a_file" / "runs"
+    result = distdl("train", "jobs/cnn_digits.yaml", "--set", f"storage={storage}", "--set", f"data.train={digits['train']}")
+    assert result.returncode == 1 and "Started a local Ray instance" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: storage {storage}: cannot create the run folder {storage / 'cnn_digits'}: ")
+
+
 def test_a_missing_data_file_is_a_one_line_error(tmp_path):
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump({"name": "x", "storage": str(tmp_path), "data": {"train": str(tmp_path / "none.parquet")}}))

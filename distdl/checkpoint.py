@@ -167,7 +167,8 @@ def _read_tensors(path: str, name: str) -> dict[str, torch.Tensor]:
 
 def _require_complete(path: str) -> None:
     if not is_complete(path):
-        raise FileNotFoundError(f"{path} is not a complete distdl checkpoint (no {MARKER} marker)")
+        hint = f"; did you mean {best_dir(path)}?" if is_complete(best_dir(path)) else ""  # a run folder
+        raise FileNotFoundError(f"{path} is not a complete distdl checkpoint (no {MARKER} marker){hint}")
 
 
 def load_model(path: str) -> tuple[nn.Module, Any, dict]:

@@ -275,6 +275,6 @@ def main(argv: list[str] | None = None) -> int:
     except specmod.SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:  # OSError: a path that cannot be read or made
         print(f"error: {exc}", file=sys.stderr)
         return 1

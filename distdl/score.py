@@ -201,6 +201,8 @@ def _run(checkpoint_path: str, raw: ray.data.Dataset, output_path: str, resource
 def _prepare_output(output_path: str, manifest: dict, overwrite: bool, resumable: bool) -> set | None:
     """Ids already committed in the output (None when it is complete), after refusing a mismatch."""
     fs, inner = filesystem(output_path)
+    if fs.get_file_info(inner).type == pyarrow.fs.FileType.File:
+        raise ValueError(f"--output {output_path} is a file; give a folder (it will hold parquet parts)")
     old = score_output.read_manifest(output_path)
     if old and not overwrite:
         if old["identity"] != manifest["identity"]:
@@ -221,7 +223,10 @@ def _prepare_output(output_path: str, manifest: dict, overwrite: bool, resumable
             raise ValueError(f"{output_path} is not empty and was not written by distdl score; "
                              "use --overwrite to replace it")
         fs.delete_dir_contents(inner, missing_dir_ok=True)
-    fs.create_dir(inner, recursive=True)
+    try:
+        fs.create_dir(inner, recursive=True)
+    except OSError as exc:
+        raise ValueError(f"--output {output_path}: cannot create it: {exc}") from exc
     score_output.write_manifest(output_path, manifest)
     return set()
 

@@ -95,3 +95,10 @@ def test_copy_makes_a_complete_best_folder(tmp_path):
     x = torch.randn(2, 1, 16, 16)
     with torch.inference_mode():
         assert torch.equal(model(x), loaded(x))
+
+
+def test_a_run_folder_given_as_a_checkpoint_points_at_its_best(tmp_path):
+    _, path = saved(tmp_path)
+    checkpoint.copy(path, checkpoint.best_dir(str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match=re.escape(f"no COMPLETE marker); did you mean {tmp_path}/best?")):
+        checkpoint.load_model(str(tmp_path))

@@ -102,6 +102,13 @@ def test_an_input_without_the_models_column_or_the_id_column_is_refused_before_a
     assert not (tmp_path / "out").exists()  # refused before the output was prepared
 
 
+def test_an_output_that_is_a_file_is_refused(ckpt, digits, tmp_path):
+    (tmp_path / "scores.parquet").write_bytes(b"a file the user meant to keep")
+    with pytest.raises(ValueError, match=r"^--output .*scores\.parquet is a file; give a folder"):
+        score.score(ckpt, str(digits["holdout"]), str(tmp_path / "scores.parquet"), SMALL)
+    assert (tmp_path / "scores.parquet").read_bytes() == b"a file the user meant to keep"
+
+
 def test_another_checkpoint_is_refused_unless_overwrite(ckpt, digits, tmp_path):
     out = str(tmp_path / "out")
     score.score(ckpt, str(digits["holdout"]), out, SMALL)

@@ -55,11 +55,16 @@ def check_options(checkpoint_path: str, options: dict[str, Any]) -> None:
     refuse_unknown_options(task, name, options)
 
 
+def _row_inputs(task: Any, pre: Any) -> Any:
+    """What each row's input is: data for the preprocessor, or the task's own (a gan's row ids)."""
+    return getattr(task, "inputs", None) or pre
+
+
 def input_column(checkpoint_path: str) -> str:
     """The column a Predictor of this checkpoint reads each row from (the scoring driver
     checks the input has it before any actor starts)."""
     task, pre, _ = _task_of(checkpoint_path)
-    return (getattr(task, "inputs", None) or pre).input_column
+    return _row_inputs(task, pre).input_column
 
 
 class DeviceError(RuntimeError):
@@ -98,8 +103,7 @@ class Predictor:
         self.family, self.task_name = meta["family"], models.task_name(meta)
         self.task = tasks.create(self.task_name, self.pre)
         refuse_unknown_options(self.task, self.task_name, options)
-        # What each row's input is: data for the preprocessor, or the task's own (a gan's row ids).
-        self.inputs = getattr(self.task, "inputs", None) or self.pre
+        self.inputs = _row_inputs(self.task, self.pre)
         faster = models.FAMILIES[self.family].for_inference
         self.model = (faster(model) if faster else model).to(self.device)
         self.options = options

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import requests
 
+from distdl import runtime
+
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -48,11 +50,12 @@ class LocalCluster:
 
     @property
     def env(self) -> dict[str, str]:
-        """The cluster's environment: this venv's `python` and `ray`, token auth, and no
-        PYTHONPATH, so a job imports distdl only from what it ships."""
+        """The cluster's environment: this venv's `python` and `ray`, token auth, no PYTHONPATH
+        (a job imports distdl only from what it ships), and Ray Train's worker polls as often
+        as on the embedded Ray (runtime.connect), since both nodes are this one machine."""
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
         return {**env, "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", "RAY_AUTH_MODE": "token",
-                "RAY_AUTH_TOKEN": self.token, "RAY_USAGE_STATS_ENABLED": "0"}
+                "RAY_AUTH_TOKEN": self.token, "RAY_USAGE_STATS_ENABLED": "0", runtime.TRAIN_POLL_INTERVAL: "0.25"}
 
     def _ray_start(self, name: str, args: list[str]) -> None:
         ports = [self._ports.pop() for _ in range(4)]

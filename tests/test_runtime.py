@@ -64,3 +64,13 @@ def test_an_existing_cluster_may_still_gain_the_node_so_it_is_only_told(ray_sess
     assert capsys.readouterr().err == (
         "[distdl] warning: --gpus 1 per scoring actor, but the largest node of this Ray cluster has 0 GPUs; "
         "each scoring actor waits until such a node joins (an autoscaler adding one); Ctrl-C stops\n")
+
+
+def test_the_embedded_rays_workers_poll_training_workers_often(ray_session):
+    """Ray Train's controller reads the interval in its own worker process."""
+    @ray_session.remote(num_cpus=0)
+    def interval() -> str | None:
+        import os
+        return os.environ.get(runtime.TRAIN_POLL_INTERVAL)
+
+    assert ray_session.get(interval.remote()) == "0.25"

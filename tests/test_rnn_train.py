@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from distdl import checkpoint, cli, loop, models, score, spec as specmod, train
+from distdl import checkpoint, cli, score, spec as specmod, train
 from distdl.collate import to_tensors
 from distdl.demo_data import sentences, waveform_rows
 from distdl.predict import Predictor
-from distdl.tasks.classification import Classification
+from replay import assert_same_parameters, replay
 
 ONE_THREAD = {"cpus_per_worker": 1, "threads_per_worker": 1}  # tiny models: see test_rnn_models.one_thread
 
@@ -65,17 +65,7 @@ def test_two_workers_take_the_steps_of_one_process(gru_run, waves):
     trained, pre, meta = checkpoint.load_model(checkpoint.latest(spec.run_dir))
     rows = [json.loads(line) for line in open(waves / "train.jsonl")]
     batch = to_tensors(pre({"sequence": objects([r["sequence"] for r in rows]), "label": np.array([r["label"] for r in rows])}))
-    torch.manual_seed(spec.train.seed)
-    replay = models.build_model("rnn", models.config_from_args("rnn", meta["args"]))
-    initial = {k: v.clone() for k, v in replay.state_dict().items()}
-    cfg = spec.to_dict()["train"]
-    optimizer = loop.make_optimizer(replay.parameters(), cfg)
-    for epoch in (1, 2):
-        loop.train_epoch(Classification(pre), replay, optimizer, torch.amp.GradScaler("cpu", enabled=False), [batch],
-                         torch.device("cpu"), cfg, epoch, 0, None)
-    for name, value in replay.state_dict().items():
-        torch.testing.assert_close(trained.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
-    assert any(not torch.equal(initial[k], v) for k, v in replay.state_dict().items())
+    assert_same_parameters(trained, replay(spec, pre, meta, batch))
 
 
 def test_bad_sequences_score_as_errors_and_good_ones_as_the_model_says(gru_run, waves):

@@ -113,8 +113,10 @@ class LocalCluster:
                 raise RuntimeError(f"the Ray cluster did not reach {n} node(s) in {timeout_s:.0f}s; see {self.logs}")
             time.sleep(1)
 
-    def stop(self, grace_s: float = 15) -> None:
-        """SIGTERM both `ray start` processes, then SIGKILL whatever is left in their sessions."""
+    def stop(self, grace_s: float = 5) -> None:
+        """SIGTERM both `ray start` processes, then SIGKILL whatever is left in their sessions.
+        An idle cluster exits 2 s after SIGTERM; the autoscaling one still ran after 15 s, and
+        a throwaway cluster has nothing to save by waiting longer."""
         sessions = {p.pid for p in self.procs}  # start_new_session: each session id is its leader's pid
         for p in self.procs:
             if p.poll() is None:

@@ -75,11 +75,18 @@ def require_a_node_for(wanted: dict[str, tuple[str, float]], what: str) -> bool:
     scaled to zero), which Ray 2.60 does not tell a driver: say what is being waited for, and
     return True (waiting)."""
     reason = unplaceable(wanted, [node["Resources"] for node in ray.nodes() if node["Alive"]], what)
+    return refuse_or_announce(reason, f"no {what} could start", f"each {what} waits until such a node joins")
+
+
+def refuse_or_announce(reason: str | None, never: str, waiting: str) -> bool:
+    """What Ray would wait for in silence, given as ``reason`` (None: nothing): refused with
+    ValueError("REASON: NEVER") on the embedded Ray; announced with WAITING on an existing
+    cluster, which may gain the node. Returns whether there is something to wait for."""
     if reason and _embedded:
-        raise ValueError(f"{reason}: no {what} could start")
+        raise ValueError(f"{reason}: {never}")
     if reason:
-        print(f"[distdl] warning: {reason}; each {what} waits until such a node joins (an autoscaler "
-              "adding one); Ctrl-C stops", file=sys.stderr, flush=True)
+        print(f"[distdl] warning: {reason}; {waiting} (an autoscaler adding one); Ctrl-C stops",
+              file=sys.stderr, flush=True)
     return reason is not None
 
 

@@ -56,15 +56,28 @@ class Resources:
 
     def check_fits(self) -> None:
         """Refuse (or, on an existing cluster, warn about) an actor that no node can hold."""
-        waiting = runtime.require_a_node_for({"--cpus": ("CPU", self.cpus), "--gpus": ("GPU", self.gpus)},
-                                             "scoring actor")
+        waiting = (runtime.require_a_node_for({"--cpus": ("CPU", self.cpus), "--gpus": ("GPU", self.gpus)},
+                                              "scoring actor")
+                   or runtime.refuse_or_announce(self._no_cpu_for_reading(), "the job would wait forever; lower "
+                                                 "--cpus or --min-actors", "reading waits until a node joins"))
         if waiting and not self.max_actors:
             print(f"[distdl] warning: the pool is sized from the nodes alive now: {self.max_size()} actor(s); "
                   "--max-actors N lets it grow as nodes join", file=sys.stderr, flush=True)
 
+    def _no_cpu_for_reading(self) -> str | None:
+        """The pool's first actors start before any input is read. When they reserve every CPU,
+        Ray Data's read tasks (1 CPU each) never start, and Ray only logs them as backpressured."""
+        total, first = ray.cluster_resources().get("CPU", 0.0), self.min_size()
+        if total - first * self.cpus >= 1:
+            return None
+        return (f"{first} scoring actor(s) x --cpus {self.cpus:g} reserve {first * self.cpus:g} of the {total:g} "
+                "CPUs of this Ray cluster, and reading the input needs 1 CPU beside them")
+
+    def min_size(self) -> int:
+        return min(self.min_actors, self.max_size())
+
     def pool(self) -> ray.data.ActorPoolStrategy:
-        top = self.max_size()
-        return ray.data.ActorPoolStrategy(min_size=min(self.min_actors, top), max_size=top)
+        return ray.data.ActorPoolStrategy(min_size=self.min_size(), max_size=self.max_size())
 
     def threads(self) -> int:
         """Torch threads per actor: the cluster's CPUs shared over the full pool, at least the

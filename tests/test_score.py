@@ -164,6 +164,25 @@ def test_bad_pool_settings_name_the_flag_that_set_them_or_the_spec_field(ckpt, d
         score.resources(str(tmp_path / "none"), {})
 
 
+def test_a_pool_that_leaves_no_cpu_for_reading_is_refused_before_any_ray_work(ckpt, digits, tmp_path, monkeypatch,
+                                                                              capsys):
+    """Its actors would hold every CPU, the read tasks would never start, and Ray would only log
+    them as backpressured: the job waited forever (measured: --cpus 2 on 2 CPUs)."""
+    cpus = ray.cluster_resources()["CPU"]
+    with pytest.raises(ValueError, match=rf"^1 scoring actor\(s\) x --cpus {cpus:g} reserve {cpus:g} of the {cpus:g} "
+                                         "CPUs .* reading the input needs 1 CPU beside them: the job would wait "
+                                         "forever; lower --cpus or --min-actors$"):
+        score.score(ckpt, str(digits["holdout"]), str(tmp_path / "out"), score.Resources(cpus=cpus))
+    with pytest.raises(ValueError, match=rf"^{int(cpus)} scoring actor\(s\) x --cpus 1 reserve"):
+        score.score(ckpt, str(digits["holdout"]), str(tmp_path / "out"),
+                    score.Resources(min_actors=int(cpus), max_actors=int(cpus)))
+    assert not (tmp_path / "out").exists()
+    score.Resources(min_actors=int(cpus) - 1, max_actors=int(cpus)).check_fits()  # one CPU left: fine
+    monkeypatch.setattr(score.runtime, "_embedded", False)  # a cluster that may still gain a node: only told
+    score.Resources(cpus=cpus).check_fits()
+    assert "; reading waits until a node joins (an autoscaler adding one); Ctrl-C stops" in capsys.readouterr().err
+
+
 def test_scoring_actors_run_openmp_threads_that_sleep_instead_of_spinning(ray_session, monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
 

@@ -77,11 +77,13 @@ INPUTS = {"resnet18": write_images, "minilm": write_sentences}
 
 
 def raw_batches(path: str, column: str, limit: int | None = None):
-    """The input column as numpy, BATCH rows at a time."""
+    """The input column as numpy, BATCH rows at a time, in the form Ray Data hands (b)'s actors
+    (an object array of per-row arrays or strings). Through Python lists (``to_pylist``) this
+    took 110 us of a row's 260 before the model, which capped (a) at ~3,800 rows/s on a GPU."""
     for i, batch in enumerate(pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=[column])):
         if limit is not None and i >= limit:
             return
-        yield {column: np.array(batch.column(0).to_pylist() + [None], dtype=object)[:-1]}
+        yield {column: batch.column(0).to_numpy(zero_copy_only=False)}
 
 
 def batches(pre, path: str, limit: int | None = None, device: str = "cpu"):

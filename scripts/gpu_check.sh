@@ -20,6 +20,9 @@ step device
 if [ "$USE_GPU" = true ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   "$PY" -c 'import torch; assert torch.cuda.is_available(), "torch sees no GPU"; print("torch", torch.__version__)'
+  # The image's own packages with versions (not an offline bundle's from PYTHONPATH): the rest of
+  # this line is the HAVE.txt with which scripts/offline_bundle.sh packs what agrees with them.
+  echo "image packages: $(PYTHONPATH= "$PY" -m pip list --format freeze 2>/dev/null | paste -sd, -)"
 fi
 "$PY" -m distdl demo-data data/digits
 

@@ -172,23 +172,22 @@ def main() -> None:
         in_process = predictor_loop(ckpt, path, device)
         runtime.connect()
         runtime.quiet_data_progress()
-        distdl, phases = {}, {}
+        distdl = {}  # GPUs per actor -> (rows/s overall, start-up s, rows/s once started)
         for per_actor in gpus:
             started = time.time()  # wall clock, as the parts' modification times are
             summary = score.score(ckpt, path, str(Path(tmp) / "out"), score.Resources(batch_size=BATCH, gpus=per_actor),
                                   overwrite=True)
-            distdl[per_actor] = summary.rows_this_run / summary.seconds
-            phases[per_actor] = startup_and_rate(Path(tmp) / "out", started)
+            distdl[per_actor] = (summary.rows_this_run / summary.seconds,
+                                 *startup_and_rate(Path(tmp) / "out", started))
     where = torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} cores"
     print(f"compute bound: {bound:,.0f} rows/s ({where})")
     print(f"(a) plain loop:       {plain:,.0f} rows/s  ({plain / bound:.1%} of bound)")
     print(f"(a') Predictor loop:  {in_process:,.0f} rows/s  ({in_process / bound:.1%} of bound)")
-    for per_actor, rate in distdl.items():
+    for per_actor, (rate, first, steady) in distdl.items():
         label = f"(b) distdl score{f', {per_actor:g} GPU per actor' if per_actor else ''}:"
         print(f"{label:<22}{rate:,.0f} rows/s  ({rate / bound:.1%} of bound; includes Ray start-up "
               f"of actors and the manifest/identity hash)")
         print(f"    ratio (b)/(a): {rate / plain:.2f}   (b)/(a'): {rate / in_process:.2f}")
-        first, steady = phases[per_actor]
         print(f"    start-up {first:.1f} s, then {steady:,.0f} rows/s "
               f"(ratio to (a) once started: {steady / plain:.2f})")
     print(f"(a')/(a): {in_process / plain:.2f}")

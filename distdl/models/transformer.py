@@ -6,21 +6,27 @@ tests). ``complete`` stores the Hugging Face config in the model args, so a chec
 rebuilds the model without the folder; the folder's weights are read once, when a fresh run
 starts (``load_pretrained``). Nothing here reaches the network (distdl/__init__.py sets the
 Hugging Face offline switches; every load is ``local_files_only``).
+
+``transformers`` is imported only where a model is built or loaded: importing it takes 0.7 s,
+which every CLI call, scoring actor and serving replica of the other families would pay,
+since distdl.models names every family.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import TYPE_CHECKING, Iterator, Literal, Optional
 
 import torch
 import torch.nn.functional as F
-import transformers
 from torch import nn
 
 from distdl.preprocessors import tokenized
 from distdl.specbase import check
+
+if TYPE_CHECKING:
+    import transformers
 
 # A from-config BERT takes these sizes unless the spec sets them: small enough for CPU tests.
 TINY_BERT = {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128, "dropout": 0.1}
@@ -72,6 +78,8 @@ class Classifier(nn.Module):
     """AutoModelForSequenceClassification whose forward returns the logits tensor."""
 
     def __init__(self, config: transformers.PretrainedConfig):
+        import transformers
+
         super().__init__()
         self.net = transformers.AutoModelForSequenceClassification.from_config(config)
 
@@ -83,6 +91,8 @@ class MeanPooled(nn.Module):
     """Sentence embeddings: the encoder's last hidden states averaged over the real (unmasked) tokens."""
 
     def __init__(self, config: transformers.PretrainedConfig, normalize: bool):
+        import transformers
+
         super().__init__()
         self.net = transformers.AutoModel.from_config(config)
         self.normalize = normalize
@@ -122,6 +132,8 @@ def complete(cfg: TransformerConfig, pre: tokenized.TextPreprocessor) -> Transfo
 def build(cfg: TransformerConfig) -> nn.Module:
     if cfg.hf_config is None or (cfg.task == "classify" and cfg.num_classes is None):
         raise ValueError("TransformerConfig needs hf_config and num_classes resolved (complete()) before build()")
+    import transformers
+
     config = transformers.AutoConfig.for_model(**cfg.hf_config)
     if cfg.task == "embed":
         return MeanPooled(config, cfg.normalize)
@@ -132,6 +144,8 @@ def build(cfg: TransformerConfig) -> nn.Module:
 def load_pretrained(model: nn.Module, cfg: TransformerConfig) -> None:
     """Fresh runs: the folder's encoder weights (safetensors only); a classification head stays seeded-random."""
     if cfg.pretrained:
+        import transformers
+
         transformers.utils.logging.disable_progress_bar()  # one "Loading weights" bar per worker is noise
         source = transformers.AutoModel.from_pretrained(cfg.pretrained, local_files_only=True, use_safetensors=True)
         model.net.base_model.load_state_dict(source.state_dict())

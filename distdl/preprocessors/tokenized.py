@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
-import transformers
 import tokenizers
 from tokenizers import Tokenizer
 
@@ -140,6 +139,8 @@ def fit_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool) -> str
 def tokenizer_from_dir(folder: str) -> str:
     """The fast tokenizer of a local Hugging Face folder (tokenizer.json, or vocab files
     transformers converts); its JSON."""
+    import transformers  # here: 0.7 s to import, which a process that never loads a folder should not pay
+
     loaded = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     backend = getattr(loaded, "backend_tokenizer", None)
     if backend is None:

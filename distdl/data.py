@@ -24,7 +24,7 @@ from distdl.paths import filesystem
 IMAGE_EXTENSIONS = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
 # class-per-folder formats: the column that holds each file's bytes, and the files read
 FOLDER_FORMATS = {"image_folder": ("image", IMAGE_EXTENSIONS), "audio_folder": ("audio", ["wav"])}
-MAX_BLOCKS = 2000  # read tasks per scoring job; more costs more in scheduling than it saves on a kill
+MAX_BLOCKS = 2000  # blocks per scoring job; more costs more in scheduling than it saves on a kill
 FILES_PER_BLOCK = 256  # class-per-folder inputs: one file is one row
 EXTENSION_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}
 SET_FORMAT = "set data.format (training) or --format (distdl score)"

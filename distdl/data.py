@@ -100,19 +100,19 @@ def read(path: str, fmt: str = "auto", blocks: BlockTarget | None = None) -> ray
     ``blocks``: cut the input as BlockTarget says instead of Ray's size-based choice."""
     fmt = infer_format(path) if fmt == "auto" else fmt
     parquet_rows = check_readable(path, fmt)
-    blocks = _block_count(path, fmt, blocks, parquet_rows) if blocks else None
+    count = _block_count(path, fmt, blocks, parquet_rows) if blocks else None
     if fmt == "parquet":
-        return _read_parquet(path, blocks)
+        return _read_parquet(path, count)
     if fmt == "csv":
-        return ray.data.read_csv(path, override_num_blocks=blocks)
+        return ray.data.read_csv(path, override_num_blocks=count)
     if fmt == "jsonl":
-        return ray.data.read_json(path, lines=True, override_num_blocks=blocks)
+        return ray.data.read_json(path, lines=True, override_num_blocks=count)
     if fmt == "text":
-        return ray.data.read_text(path, override_num_blocks=blocks)
+        return ray.data.read_text(path, override_num_blocks=count)
     if fmt in FOLDER_FORMATS:
         column, extensions = FOLDER_FORMATS[fmt]
         files = ray.data.read_binary_files(path, include_paths=True, file_extensions=extensions,
-                                           override_num_blocks=blocks)
+                                           override_num_blocks=count)
         return files.map_batches(_label_from_folder, fn_kwargs={"column": column}, batch_format="numpy")
     raise DataError(f"unknown data format {fmt!r}")
 

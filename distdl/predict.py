@@ -21,6 +21,7 @@ import torch
 from distdl import checkpoint, models, tasks
 from distdl.collate import to_tensors
 from distdl.preprocessors import BadInputError
+from distdl.preprocessors.base import features_at_once
 
 # On CPU, variable-length rows (tokens, audio frames) run in sub-batches of this many rows
 # sorted by length, each padded only to its own longest row. MiniLM on batches of 256 short
@@ -119,8 +120,18 @@ class Predictor:
         (serving: a request's own temperature or seed)."""
         refuse_unknown_options(self.task, self.task_name, options)
         values = batch[self.inputs.input_column]
-        decoded: list[Any] = []
         errors = np.full(len(values), None, dtype=object)
+        features, good = features_at_once(self.inputs, values), list(range(len(values)))
+        if features is None:
+            features, good = self._decode_each(batch, values, errors)
+        out = {name: batch[name] for name in self.passthrough}
+        predicted = self._predict(features, good, len(values), {**self.options, **options})
+        return {**out, **predicted, "error": errors}
+
+    def _decode_each(self, batch: dict[str, np.ndarray], values: np.ndarray,
+                     errors: np.ndarray) -> tuple[dict[str, np.ndarray] | None, list[int]]:
+        """(features of the rows that decode, their indices); each other row's reason goes in ``errors``."""
+        decoded: list[Any] = []
         for i, value in enumerate(values):
             try:
                 decoded.append(self.inputs.decode(value, self._where(batch, i)))
@@ -128,18 +139,17 @@ class Predictor:
                 decoded.append(None)
                 errors[i] = str(exc)
         good = [i for i, d in enumerate(decoded) if d is not None]
-        out = {name: batch[name] for name in self.passthrough}
-        predicted = self._predict([decoded[i] for i in good], good, len(values), {**self.options, **options})
-        return {**out, **predicted, "error": errors}
+        return (self.inputs.features([decoded[i] for i in good]) if good else None), good
 
-    def _predict(self, examples: list[Any], good: list[int], n: int, options: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Prediction columns for all ``n`` rows; rows outside ``good`` stay null."""
+    def _predict(self, features: dict[str, np.ndarray] | None, good: list[int], n: int,
+                 options: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Prediction columns for all ``n`` rows from the ``features`` of rows ``good``; the
+        other rows stay null."""
         columns = {name: np.full(n, None, dtype=object) for name in self.task.output_types}
         if not good:
             return columns
-        features = self.inputs.features(examples)
         for rows in self._runs(features):
-            run = features if len(rows) == len(examples) else {k: v[rows] for k, v in features.items()}
+            run = features if len(rows) == len(good) else {k: v[rows] for k, v in features.items()}
             with torch.inference_mode():
                 predicted = self.task.predict(self.model, {k: v.to(self.device) for k, v in to_tensors(run).items()},
                                               **options)

@@ -172,6 +172,40 @@ def test_unknown_label_and_bad_pixels_are_named():
         PRE({"image": np.array([np.zeros(5)])})
 
 
+def column(rows: list) -> np.ndarray:
+    """rows as Ray Data hands a list column to a batch: an object array of per-row arrays."""
+    out = np.empty(len(rows), dtype=object)
+    out[:] = rows
+    return out
+
+
+@pytest.mark.parametrize("channels, shape, dtype", [(3, (192,), np.uint8), (3, (8, 8, 3), np.int64),
+                                                    (1, (8, 8), np.uint8), (1, (64,), np.float32)])
+def test_a_column_of_same_size_pixel_arrays_is_preprocessed_at_once_to_what_each_row_gives(channels, shape, dtype):
+    pre = ImagePreprocessor("image", "label", 8, channels, [0.4] * channels, [0.3] * channels, [])
+    rng = np.random.default_rng(0)
+    rows = [(rng.random(shape) if dtype == np.float32 else rng.integers(0, 256, shape)).astype(dtype) for _ in range(5)]
+    row_by_row = pre.features([pre.decode(r) for r in rows])["x"]
+    for values in (column(rows), np.stack(rows)):  # a list column, or one numeric array
+        at_once = pre.features_at_once(values)
+        assert at_once is not None and at_once["x"].shape == (5, channels, 8, 8)
+        np.testing.assert_array_equal(at_once["x"], row_by_row)  # the same float32 operations, bit for bit
+
+
+def test_a_column_with_any_row_that_needs_decoding_goes_row_by_row_and_names_the_bad_row():
+    good = np.zeros(64, dtype=np.uint8)
+    for rows in ([good, image.png_bytes(np.zeros((8, 8), dtype=np.uint8))],  # encoded bytes
+                 [good, np.zeros((8, 8), dtype=np.uint8)],  # another shape
+                 [good, good.astype(np.int64)],  # another dtype
+                 [np.zeros((16, 16), dtype=np.uint8)] * 2):  # needs resizing
+        assert PRE.features_at_once(column(rows)) is None
+        assert PRE({"image": column(rows)})["x"].shape == (2, 1, 8, 8)
+    with_nan = column([np.zeros(64, dtype=np.float32), np.full(64, np.nan, dtype=np.float32)])
+    assert PRE.features_at_once(with_nan) is None
+    with pytest.raises(BadInputError, match=r"\(row 1 of its batch\): pixel array holds NaN"):
+        PRE({"image": with_nan})
+
+
 def test_augment_changes_pixels_but_not_shape_or_labels():
     batch = {"x": np.random.default_rng(0).random((8, 1, 16, 16), dtype=np.float32), "y": np.arange(8)}
     out = image.Augment(["random_crop", "hflip"])(batch)

@@ -94,6 +94,20 @@ def test_bad_rows_get_an_error_and_null_predictions_and_the_rest_are_scored(ckpt
         assert out["probability"][i] == pytest.approx(good["probability"][i], rel=1e-5)
 
 
+def test_pixel_arrays_are_scored_at_once_and_a_bad_one_still_fails_only_its_row(ckpt):
+    rows = list(np.random.default_rng(0).random((4, 64), dtype=np.float32))  # flat 8x8x1 in [0, 1]
+    predictor = Predictor(ckpt, passthrough=["id"], where_column="id")
+    batch = {"id": np.arange(4), "image": np.array(rows + [None], dtype=object)[:-1]}
+    assert predictor.inputs.features_at_once(batch["image"]) is not None
+    clean = predictor(batch)
+    batch["image"][2] = np.full(64, np.nan, dtype=np.float32)  # the whole batch now goes row by row
+    out = predictor(batch)
+    assert "(id 2): pixel array holds NaN" in out["error"][2] and out["label"][2] is None
+    for i in (0, 1, 3):
+        assert out["error"][i] is None and out["label"][i] == clean["label"][i]
+        assert out["probability"][i] == pytest.approx(clean["probability"][i], rel=1e-5)
+
+
 def test_a_batch_of_only_bad_rows_is_all_errors(ckpt):
     out = Predictor(ckpt)({"image": np.array([b"x", b"y"], dtype=object)})
     assert all(e for e in out["error"]) and list(out["label"]) == [None, None]

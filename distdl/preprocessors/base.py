@@ -6,6 +6,8 @@ Each kind provides:
     __call__(batch) -> dict[str, np.ndarray]   raw rows -> model inputs (+ targets), for Ray Data
     decode(value, where) -> example             one raw value -> one example; BadInputError if bad
     features(examples) -> dict[str, np.ndarray] decoded examples -> model inputs (Predictor)
+    features_at_once(values) -> dict | None     optional: a whole column -> model inputs in one
+                                                vectorized step, None where a row needs decode
     to_json() / from_json(text)                 plain JSON state, tagged with its "kind"
     describe() -> str                           one line for the training log
 """
@@ -49,10 +51,19 @@ def transform(pre: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A preprocessor's ``__call__``: every row through ``pre.decode``, then ``pre.features``,
     plus "y" (class indices) when the preprocessor has classes and the batch has labels."""
     values = batch[pre.input_column]
-    out = pre.features([pre.decode(v, where(batch, i)) for i, v in enumerate(values)])
+    out = features_at_once(pre, values)
+    if out is None:
+        out = pre.features([pre.decode(v, where(batch, i)) for i, v in enumerate(values)])
     if pre.classes and pre.label_column in batch:
         out["y"] = encode_labels(batch[pre.label_column], pre.classes, batch)
     return out
+
+
+def features_at_once(pre: Any, values: np.ndarray) -> dict[str, np.ndarray] | None:
+    """The model inputs of every row at once where ``pre`` has such a fast path and all rows
+    fit it; None: decode row by row (which also names each bad row)."""
+    at_once = getattr(pre, "features_at_once", None)
+    return at_once(values) if at_once else None
 
 
 def encode_labels(labels: np.ndarray, classes: list[Any], batch: dict[str, np.ndarray]) -> np.ndarray:

@@ -63,11 +63,37 @@ class ImagePreprocessor(JsonState):
         """Decoded images (H, W, C) -> the model's input {"x": (N, C, H, W)}."""
         return {"x": self.normalize(np.stack(examples))}
 
+    def features_at_once(self, values: np.ndarray) -> dict[str, np.ndarray] | None:
+        """The model's input for a whole column of pixel arrays that all have this
+        preprocessor's size (flat, (H, W, C), or (H, W) for one channel) and one numeric dtype,
+        as a parquet list<uint8> column gives them, in one vectorized step: the same values as
+        ``features`` of each row's ``decode``, at 7 us a row instead of 30. None when any row
+        needs more (bytes, paths, resizing, a NaN): then each row is decoded, and a bad one named."""
+        if len(values) == 0:
+            return None
+        if values.dtype == object:
+            first = values[0]
+            if not isinstance(first, np.ndarray) or any(
+                    not isinstance(v, np.ndarray) or v.shape != first.shape or v.dtype != first.dtype for v in values):
+                return None
+            values = np.stack(values)
+        shape = (self.size, self.size, self.channels)
+        accepted = [(self.size * self.size * self.channels,), shape] + ([shape[:2]] if self.channels == 1 else [])
+        if values.dtype.kind not in "uif" or values.shape[1:] not in accepted:
+            return None
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            return None
+        return {"x": self.normalize(values.reshape(len(values), *shape))}
+
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
-        """Decoded pixels (N, H, W, C) in [0, 1] -> normalized float32 (N, C, H, W)."""
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(((pixels - mean) / std).transpose(0, 3, 1, 2))
+        """Pixels (N, H, W, C), floats in [0, 1] or integers in [0, 255] -> normalized float32
+        (N, C, H, W). In place on one float copy: 2.5x faster than (pixels - mean) / std."""
+        x = pixels.transpose(0, 3, 1, 2).astype(np.float32, order="C")  # a copy, whatever the input
+        if np.issubdtype(pixels.dtype, np.integer):
+            x /= 255.0  # as decode scales one row
+        x -= np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        x /= np.asarray(self.std, dtype=np.float32)[:, None, None]
+        return x
 
     def decode(self, value: Any, where: str = "a row") -> np.ndarray:
         """One image (encoded bytes, a path/URI, or a pixel array) -> float32 (H, W, C) in [0, 1]."""
@@ -77,12 +103,10 @@ class ImagePreprocessor(JsonState):
             if isinstance(value, (bytes, bytearray)):
                 return self._from_pil(Image.open(io.BytesIO(value)))
             return self._from_array(np.asarray(value))
-        except BadInputError:
-            raise
         except UnidentifiedImageError:
             raise BadInputError(f"cannot decode image in column '{self.input_column}' ({where}): "
                                 "not a readable image file (PNG, JPEG, BMP, GIF, WebP, TIFF)") from None
-        except Exception as exc:  # PIL and numpy raise many types; the user needs the row
+        except Exception as exc:  # our own checks, and the many types PIL and numpy raise: name the row
             raise BadInputError(f"cannot decode image in column '{self.input_column}' ({where}): {exc}") from exc
 
     def _from_pil(self, img: Image.Image) -> np.ndarray:

@@ -1,9 +1,13 @@
-"""Step hooks the training tests hand to distdl.train.run; pickled by value into the workers."""
+"""Hooks the tests hand to distdl's workers and actors (step hooks for distdl.train.run, a
+Predictor that logs its calls); the tests pickle this module by value into them."""
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
+
+from distdl.predict import Predictor
 
 
 class EpochLog:
@@ -46,3 +50,18 @@ class Interrupt(EpochLog):
         super().__call__(rank, epoch, step)
         if epoch == self.epoch:
             raise KeyboardInterrupt(f"interrupted at epoch {epoch}")
+
+
+class CallSpans(Predictor):
+    """A Predictor that appends "pid start end" (monotonic seconds) of each call to ``call_log``."""
+
+    def __init__(self, *args, call_log: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.call_log = call_log
+
+    def __call__(self, batch, **options):
+        start = time.monotonic()
+        out = super().__call__(batch, **options)
+        with open(self.call_log, "a") as f:
+            f.write(f"{os.getpid()} {start} {time.monotonic()}\n")
+        return out

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import defaultdict
 
+import hooks
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +18,7 @@ from distdl.predict import Predictor
 from distdl.specbase import SpecError
 
 SMALL = score.Resources(batch_size=32, max_actors=2)
+ray.cloudpickle.register_pickle_by_value(hooks)  # actors cannot import the tests folder
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +79,23 @@ def test_scores_equal_the_predictor_called_directly(ckpt, digits, tmp_path):
         assert rows[row_id]["label"] == direct["label"][i]
         assert rows[row_id]["top_labels"] == direct["top_labels"][i]
         np.testing.assert_allclose(rows[row_id]["top_probabilities"], direct["top_probabilities"][i], rtol=1e-5)
+
+
+def test_an_actor_runs_one_predictor_call_at_a_time_though_two_blocks_are_in_flight(ckpt, digits, tmp_path,
+                                                                                    monkeypatch):
+    """score.CALLS_PER_ACTOR lets an actor fetch and slice its next block during a call; the
+    model must still never see two batches at once (one GPU's memory, torch's threads)."""
+    monkeypatch.setattr(score, "Predictor", hooks.CallSpans)
+    log = tmp_path / "calls.log"
+    score.score(ckpt, str(digits["holdout"]), str(tmp_path / "out"), score.Resources(batch_size=8, max_actors=1),
+                options={"call_log": str(log)})
+    spans = defaultdict(list)
+    for pid, start, end in (line.split() for line in log.read_text().splitlines()):
+        spans[pid].append((float(start), float(end)))
+    assert sum(len(s) for s in spans.values()) >= 10
+    for calls in spans.values():
+        calls.sort()
+        assert all(later[0] >= earlier[1] for earlier, later in zip(calls, calls[1:]))
 
 
 def test_pixel_arrays_of_wrong_shape_or_nan_are_errors_not_failures(ckpt, tmp_path):

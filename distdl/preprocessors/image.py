@@ -67,8 +67,9 @@ class ImagePreprocessor(JsonState):
         """The model's input for a whole column of pixel arrays that all have this
         preprocessor's size (flat, (H, W, C), or (H, W) for one channel) and one numeric dtype,
         as a parquet list<uint8> column gives them, in one vectorized step: the same values as
-        ``features`` of each row's ``decode``, at 7 us a row instead of 30. None when any row
-        needs more (bytes, paths, resizing, a NaN): then each row is decoded, and a bad one named."""
+        ``features`` of each row's ``decode``, at 6 us a row instead of 26 (32x32x3, one
+        thread). None when any row needs more (bytes, paths, resizing, a NaN): then each row is
+        decoded, and a bad one named."""
         if len(values) == 0:
             return None
         if values.dtype == object:
@@ -87,7 +88,8 @@ class ImagePreprocessor(JsonState):
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """Pixels (N, H, W, C), floats in [0, 1] or integers in [0, 255] -> normalized float32
-        (N, C, H, W). In place on one float copy: 2.5x faster than (pixels - mean) / std."""
+        (N, C, H, W). In place on one float copy: per-row decoding went from 41 to 26 us a row
+        (32x32x3) when this replaced ((pixels - mean) / std).transpose(...)."""
         x = pixels.transpose(0, 3, 1, 2).astype(np.float32, order="C")  # a copy, whatever the input
         if np.issubdtype(pixels.dtype, np.integer):
             x /= 255.0  # as decode scales one row

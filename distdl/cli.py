@@ -1,4 +1,9 @@
-"""Command line: parse, call, print. The work lives in the modules it calls."""
+"""Command line: parse, call, print. The work lives in the modules it calls.
+
+Each command imports what it needs when it runs, so `distdl --help`, a command's --help and a
+mistyped flag answer without importing torch or Ray (the job spec's model configs live beside
+their torch modules).
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from distdl import clustercli
-from distdl import spec as specmod
 from distdl.paths import is_uri
+from distdl.specbase import SpecError
 
 EPILOG = """examples:
   distdl validate jobs/cnn_digits.yaml
@@ -167,10 +172,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from distdl import spec as specmod
+
     spec = specmod.load(args.spec, args.overrides)
     problems = specmod.path_problems(spec)  # e.g. a gan's model.classifier, before Ray starts
     if problems:
-        raise specmod.SpecError(problems)
+        raise SpecError(problems)
     if args.fresh and not is_uri(spec.run_dir) and Path(spec.run_dir).exists():
         print(f"[distdl] --fresh: removing {spec.run_dir}")
         shutil.rmtree(spec.run_dir)
@@ -212,6 +219,7 @@ def _serve(args: argparse.Namespace) -> int:
     import yaml
 
     from distdl import serve
+    from distdl import spec as specmod
 
     raw = specmod.apply_overrides({}, args.overrides)  # same FIELD=VALUE parsing as train's --set
     if args.export:
@@ -227,6 +235,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from distdl import spec as specmod
+
     spec = specmod.load(args.spec, args.overrides)
     print(specmod.dump(spec) if args.print else f"{args.spec}: ok ({spec.model_family} '{spec.name}')")
     return 0
@@ -272,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except specmod.SpecError as exc:
+    except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (ValueError, RuntimeError, OSError) as exc:  # OSError: a path that cannot be read or made

@@ -26,6 +26,18 @@ def test_help_explains_each_command(capsys):
     assert "--set FIELD=VALUE" in out and "--address" in out and "resumes the run" in out
 
 
+def test_help_and_a_mistyped_flag_answer_without_importing_torch_or_ray():
+    """Both took ~5 s when the CLI imported the job spec (and through it torch and Ray Data) first."""
+    code = ("import sys; from distdl import cli\n"
+            "for argv in (['--help'], ['score', '--help'], ['score', '--checkpint', 'x']):\n"
+            "    try: cli.main(argv)\n"
+            "    except SystemExit: pass\n"
+            "print(sorted(m for m in ('torch', 'ray', 'ray.data') if m in sys.modules), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "distdl score: error: the following arguments are required: --checkpoint" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "[]"
+
+
 def test_validate_reports_every_bad_field_without_starting_ray(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"name": "x", "data": {"trian": "a.parquet"}, "train": {"lr": "fast"}}))

@@ -19,10 +19,9 @@ also writes its output. It prints rows/s of each, the ratios (b)/(a) and (b)/(a'
 or gain of Ray Data alone), and each as a share of the compute bound: the plain model's
 forward FLOPs per row (counted on a first batch, padding included) against the best measured
 float32 matmul FLOP/s. (a') and (b) can pass 100%: they skip work that the count includes
-(folded batch norms, padding). (b) is also split, from when its output parts were committed,
-into its fixed start-up and its rate after that, which is what millions of rows would see (from
-a second (b) run on the first fifth of the rows), and from these the input size from which (b)
-would be as fast as (a) overall.
+(folded batch norms, padding). (b) is also split into its fixed start-up and its rate after
+that, which is what millions of rows would see (from a second (b) run on the first fifth of the
+rows), and from these the input size from which (b) would be as fast as (a) overall.
 
     .venv/bin/python benchmarks/score_throughput.py              # 20k rows
     .venv/bin/python benchmarks/score_throughput.py --rows 1000  # a quick smoke run

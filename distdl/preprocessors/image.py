@@ -72,16 +72,18 @@ class ImagePreprocessor(JsonState):
         decoded, and a bad one named."""
         if len(values) == 0:
             return None
-        if values.dtype == object:
-            first = values[0]
-            if not isinstance(first, np.ndarray) or any(
-                    not isinstance(v, np.ndarray) or v.shape != first.shape or v.dtype != first.dtype for v in values):
-                return None
-            values = np.stack(values)
+        first = values[0] if values.dtype == object else values
+        if not isinstance(first, np.ndarray):
+            return None
         shape = (self.size, self.size, self.channels)
         accepted = [(self.size * self.size * self.channels,), shape] + ([shape[:2]] if self.channels == 1 else [])
-        if values.dtype.kind not in "uif" or values.shape[1:] not in accepted:
+        row_shape = first.shape if values.dtype == object else first.shape[1:]
+        if first.dtype.kind not in "uif" or row_shape not in accepted:  # checked before any copy is made
             return None
+        if values.dtype == object:
+            if any(not isinstance(v, np.ndarray) or v.shape != first.shape or v.dtype != first.dtype for v in values):
+                return None
+            values = np.stack(values)
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             return None
         return {"x": self.normalize(values.reshape(len(values), *shape))}

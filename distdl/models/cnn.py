@@ -1,4 +1,4 @@
-"""CNN family: image classification with a small convnet or torchvision ResNets (no pretrained downloads)."""
+"""CNN family: image classification with a small convnet or ResNets (torchvision's, without its import; no pretrained downloads)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -7,6 +7,7 @@ from typing import Iterator, Literal, Optional
 import torch
 from torch import nn
 
+from distdl.models.resnet import ResNet
 from distdl.preprocessors import image
 from distdl.specbase import check
 
@@ -58,27 +59,12 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def _resnet(cfg: CNNConfig) -> nn.Module:
-    # Imported here: torchvision (with the torch._dynamo it pulls in) costs ~1.7 s of CPU per
-    # process, which every serving replica and scoring actor of another model would pay.
-    from torchvision import models as tv_models
-
-    resnets = {"resnet18": tv_models.resnet18, "resnet34": tv_models.resnet34, "resnet50": tv_models.resnet50}
-    model = resnets[cfg.arch](weights=None, num_classes=cfg.num_classes)
-    if cfg.stem == "small":
-        model.conv1 = nn.Conv2d(cfg.in_channels, 64, 3, stride=1, padding=1, bias=False)
-        model.maxpool = nn.Identity()
-    elif cfg.in_channels != 3:
-        model.conv1 = nn.Conv2d(cfg.in_channels, 64, 7, stride=2, padding=3, bias=False)
-    if cfg.dropout:
-        model.fc = nn.Sequential(nn.Dropout(cfg.dropout), model.fc)
-    return model
-
-
 def build(cfg: CNNConfig) -> nn.Module:
     if cfg.in_channels is None or cfg.num_classes is None:
         raise ValueError("CNNConfig needs in_channels and num_classes resolved before build()")
-    return SmallCNN(cfg) if cfg.arch == "smallcnn" else _resnet(cfg)
+    if cfg.arch == "smallcnn":
+        return SmallCNN(cfg)
+    return ResNet(cfg.arch, cfg.in_channels, cfg.num_classes, cfg.stem, cfg.dropout)
 
 
 def for_inference(model: nn.Module) -> nn.Module:

@@ -13,7 +13,7 @@ import pytest
 import ray
 from test_predict import holdout_batch, tiny_checkpoint
 
-from distdl import cli, score
+from distdl import cli, data, score
 from distdl.predict import Predictor
 from distdl.specbase import SpecError
 
@@ -170,6 +170,14 @@ def test_pool_settings_come_from_the_checkpoints_score_section_and_flags_overrid
                             spec={"name": "d", "score": {"batch_size": 64, "max_actors": 3, "gpus_per_actor": 0.5}})
     assert score.resources(tuned, {}) == score.Resources(batch_size=64, max_actors=3, gpus=0.5)
     assert score.resources(tuned, {"batch_size": 8, "gpus_per_actor": 0.0}) == score.Resources(batch_size=8, max_actors=3)
+
+
+def test_a_gpu_pool_cuts_its_input_into_blocks_of_more_forward_passes(ray_session):
+    """A block's own cost (one actor task, one output part) weighs more beside GPU forward passes."""
+    cpu, gpu = (score.Resources(batch_size=100, max_actors=2, gpus=g).blocks() for g in (0.0, 0.5))
+    assert cpu == data.BlockTarget(at_least=2 * score.BLOCKS_PER_ACTOR, max_rows=100 * score.BATCHES_PER_BLOCK)
+    assert gpu == data.BlockTarget(at_least=2 * score.BLOCKS_PER_ACTOR, max_rows=100 * score.BATCHES_PER_BLOCK_ON_GPU)
+    assert gpu.max_rows > cpu.max_rows
 
 
 def test_bad_pool_settings_name_the_flag_that_set_them_or_the_spec_field(ckpt, digits, tmp_path):

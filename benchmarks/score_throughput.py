@@ -11,7 +11,8 @@ nothing, so what is measured is everything around it, as on a GPU:
       task's prediction columns, torch using every core: the loop one writes by hand;
   (a') the same loop calling distdl's Predictor instead (the model in its family's inference
       form, variable-length rows in length-sorted runs): what the model form alone is worth;
-  (b) ``distdl.score.score`` on an embedded local Ray with its default actor pool.
+  (b) ``distdl.score.score`` on an embedded local Ray with its default actor pool (with
+      fractional --gpus, one that fills the GPU from the start: ``--min-actors``).
 
 Each is timed from the checkpoint's path to the last row's prediction, so loading the model
 counts in all three, as it does for (b)'s actors (Ray itself is started before); only (b)
@@ -45,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -162,6 +164,26 @@ def rows_to_catch_up(startup: float, steady: float, plain: float) -> float | Non
     return startup * plain * steady / (steady - plain) if steady > plain else None
 
 
+def actor_pool(gpus: float) -> score.Resources:
+    """(b)'s pool: the default, but with fractional GPUs one that starts full (--min-actors):
+    Ray Data adds actors only as its queue grows, and on an H200 a 100k-row run with
+    --gpus 0.25 ended with the one actor it started with."""
+    if not gpus:
+        return score.Resources(batch_size=BATCH)
+    return score.Resources(batch_size=BATCH, gpus=gpus, min_actors=max(1, int(torch.cuda.device_count() / gpus)))
+
+
+def wait_until_released() -> None:
+    """Until the last run's actors have given their CPUs and GPUs back (at most 30 s): Ray Data
+    stops them after the run returns, and on an H200 the next run's GPU actor started 4.8 s
+    late while one still held the GPU, which would count as (b)'s start-up."""
+    for _ in range(300):
+        free, total = ray.available_resources(), ray.cluster_resources()
+        if all(free.get(r, 0.0) >= total.get(r, 0.0) for r in ("CPU", "GPU")):
+            return
+        time.sleep(0.1)
+
+
 def sync(device: str) -> None:
     if device != "cpu":
         torch.cuda.synchronize()
@@ -180,36 +202,42 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="distdl-score-bench-") as tmp:
         ckpt, path = INPUTS[args.model](Path(tmp), args.rows)
         bound = matmul_flops(device) / flops_per_row(ckpt, path)  # rows/s if every FLOP ran at matmul speed
+        where = torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} cores"
+        # Each result is printed as it comes: a run of millions of rows takes minutes.
+        print(f"compute bound: {bound:,.0f} rows/s ({where})", flush=True)
         plain = plain_loop(ckpt, path, device)
+        print(f"(a) plain loop:       {plain:,.0f} rows/s  ({plain / bound:.1%} of bound)", flush=True)
         in_process = predictor_loop(ckpt, path, device)
+        print(f"(a') Predictor loop:  {in_process:,.0f} rows/s  ({in_process / bound:.1%} of bound)", flush=True)
         runtime.connect()
         runtime.quiet_data_progress()
-        distdl = {}  # GPUs per actor -> (rows/s overall, start-up s, rows/s once started)
         small = str(Path(tmp) / "first-fifth.parquet")  # (b) on a fifth of the rows too: its start-up
-        pq.write_table(pq.read_table(path).slice(0, args.rows // 5), small, row_group_size=2048)
+        first = next(pq.ParquetFile(path).iter_batches(batch_size=args.rows // 5))  # decodes only those rows
+        pq.write_table(pa.Table.from_batches([first]), small, row_group_size=2048)
         for per_actor in gpus:
+            pool = actor_pool(per_actor)
             # The full input first, as before the split existed: the first run in a Ray session
             # also starts Ray Data's own actors, as every `distdl score` command does (on 2 cores
             # within the noise: three runs in one session, 6.8, 7.3, 6.6 s).
-            full, fifth = [score.score(ckpt, given, str(Path(tmp) / "out"),
-                                       score.Resources(batch_size=BATCH, gpus=per_actor), overwrite=True)
-                           for given in (path, small)]
-            distdl[per_actor] = (full.rows_this_run / full.seconds,
-                                 *startup_and_rate(*((r.rows_this_run, r.seconds) for r in (fifth, full))))
-    where = torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} cores"
-    print(f"compute bound: {bound:,.0f} rows/s ({where})")
-    print(f"(a) plain loop:       {plain:,.0f} rows/s  ({plain / bound:.1%} of bound)")
-    print(f"(a') Predictor loop:  {in_process:,.0f} rows/s  ({in_process / bound:.1%} of bound)")
-    for per_actor, (rate, first, steady) in distdl.items():
-        label = f"(b) distdl score{f', {per_actor:g} GPU per actor' if per_actor else ''}:"
-        print(f"{label:<22}{rate:,.0f} rows/s  ({rate / bound:.1%} of bound; includes Ray start-up "
-              f"of actors and the manifest/identity hash)")
-        print(f"    ratio (b)/(a): {rate / plain:.2f}   (b)/(a'): {rate / in_process:.2f}")
-        catch_up = rows_to_catch_up(first, steady, plain)
-        print(f"    start-up {first:.1f} s, then {steady:,.0f} rows/s (ratio to (a) once started: {steady / plain:.2f}; "
-              + (f"(b) matches (a) from ~{catch_up:,.0f} rows)" if catch_up else "never as fast as (a))"))
+            runs = []
+            for given in (path, small):
+                wait_until_released()
+                runs.append(score.score(ckpt, given, str(Path(tmp) / "out"), pool, overwrite=True))
+            full, fifth = runs
+            report(per_actor, full.rows_this_run / full.seconds, plain, in_process, bound,
+                   *startup_and_rate(*((r.rows_this_run, r.seconds) for r in (fifth, full))))
     print(f"(a')/(a): {in_process / plain:.2f}")
 
+
+def report(per_actor: float, rate: float, plain: float, in_process: float, bound: float, first: float,
+           steady: float) -> None:
+    label = f"(b) distdl score{f', {per_actor:g} GPU per actor' if per_actor else ''}:"
+    print(f"{label:<22}{rate:,.0f} rows/s  ({rate / bound:.1%} of bound; includes Ray start-up "
+          f"of actors and the manifest/identity hash)")
+    print(f"    ratio (b)/(a): {rate / plain:.2f}   (b)/(a'): {rate / in_process:.2f}")
+    catch_up = rows_to_catch_up(first, steady, plain)
+    print(f"    start-up {first:.1f} s, then {steady:,.0f} rows/s (ratio to (a) once started: {steady / plain:.2f}; "
+          + (f"(b) matches (a) from ~{catch_up:,.0f} rows)" if catch_up else "never as fast as (a))"), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -64,9 +64,15 @@ def write_images(root: Path, rows: int, cfg: CNNConfig) -> tuple[str, str]:
     pre = ImagePreprocessor("image", "label", SIZE, 3, [0.5] * 3, [0.25] * 3, list(range(CLASSES)))
     torch.manual_seed(0)
     ckpt = checkpoint.save(str(root / "ckpt"), models.build_model("cnn", cfg), "cnn", cfg, pre, {}, {"epoch": 0})
-    pixels = np.random.default_rng(0).integers(0, 256, size=(rows, SIZE * SIZE * 3), dtype=np.uint8)
-    images = pa.FixedSizeListArray.from_arrays(pa.array(pixels.ravel()), SIZE * SIZE * 3).cast(pa.list_(pa.uint8()))
-    pq.write_table(pa.table({"id": np.arange(rows), "image": images}), root / "input.parquet", row_group_size=2048)
+    rng, chunk = np.random.default_rng(0), 65_536  # in chunks: a list<uint8> column's offsets are 32-bit
+    schema = pa.schema([("id", pa.int64()), ("image", pa.list_(pa.uint8()))])
+    with pq.ParquetWriter(root / "input.parquet", schema) as writer:
+        for start in range(0, rows, chunk):
+            n = min(chunk, rows - start)
+            pixels = rng.integers(0, 256, size=(n, SIZE * SIZE * 3), dtype=np.uint8)
+            images = pa.FixedSizeListArray.from_arrays(pa.array(pixels.ravel()), SIZE * SIZE * 3).cast(schema[1].type)
+            writer.write_table(pa.table({"id": np.arange(start, start + n), "image": images}, schema=schema),
+                               row_group_size=2048)
     return ckpt, str(root / "input.parquet")
 
 

@@ -37,6 +37,7 @@ step "score: --gpus $GPUS"
 
 step "scoring throughput: ResNet-18 32x32, $ROWS rows"
 # One GPU actor decodes rows on one CPU; a quarter GPU each lets four decode for the same GPU.
+# 100k rows check the path; (b)'s 7-11 s start-up decides them. ROWS=1000000 shows the rate (~5 min more).
 "$PY" benchmarks/score_throughput.py --rows "$ROWS" --gpus "$GPUS" $([ "$USE_GPU" = true ] && echo --gpus 0.25)
 
 step "serve: gpus_per_replica=$GPUS"

@@ -235,15 +235,17 @@ def main() -> None:
     print(f"(a')/(a): {in_process / plain:.2f}")
 
 
-def report(per_actor: float, rate: float, plain: float, in_process: float, bound: float, first: float,
+def report(per_actor: float, rate: float, plain: float, in_process: float, bound: float, startup: float,
            steady: float) -> None:
+    """(b)'s lines: its rate overall, its ratios, and its start-up and rate once started."""
     label = f"(b) distdl score{f', {per_actor:g} GPU per actor' if per_actor else ''}:"
     print(f"{label:<22}{rate:,.0f} rows/s  ({rate / bound:.1%} of bound; includes Ray start-up "
           f"of actors and the manifest/identity hash)")
     print(f"    ratio (b)/(a): {rate / plain:.2f}   (b)/(a'): {rate / in_process:.2f}")
-    catch_up = rows_to_catch_up(first, steady, plain)
-    print(f"    start-up {first:.1f} s, then {steady:,.0f} rows/s (ratio to (a) once started: {steady / plain:.2f}; "
+    catch_up = rows_to_catch_up(startup, steady, plain)
+    print(f"    start-up {startup:.1f} s, then {steady:,.0f} rows/s (ratio to (a) once started: {steady / plain:.2f}; "
           + (f"(b) matches (a) from ~{catch_up:,.0f} rows)" if catch_up else "never as fast as (a))"), flush=True)
+
 
 if __name__ == "__main__":
     main()

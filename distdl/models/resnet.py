@@ -42,7 +42,7 @@ class Bottleneck(nn.Module):
         super().__init__()
         self.conv1, self.bn1 = _conv(cin, planes, 1), nn.BatchNorm2d(planes)
         self.conv2, self.bn2 = _conv(planes, planes, 3, stride), nn.BatchNorm2d(planes)
-        self.conv3, self.bn3 = _conv(planes, planes * 4, 1), nn.BatchNorm2d(planes * 4)
+        self.conv3, self.bn3 = _conv(planes, planes * self.expansion, 1), nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -71,13 +71,12 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1) if stem == "imagenet" else nn.Identity()
         cin = 64
         for i, (planes, depth) in enumerate(zip([64, 128, 256, 512], depths)):
-            stride = 1 if i == 0 else 2
+            stride, cout = (1 if i == 0 else 2), planes * block.expansion
             downsample = None
-            if stride != 1 or cin != planes * block.expansion:
-                downsample = nn.Sequential(_conv(cin, planes * block.expansion, 1, stride),
-                                           nn.BatchNorm2d(planes * block.expansion))
+            if stride != 1 or cin != cout:
+                downsample = nn.Sequential(_conv(cin, cout, 1, stride), nn.BatchNorm2d(cout))
             blocks = [block(cin, planes, stride, downsample)]
-            cin = planes * block.expansion
+            cin = cout
             blocks += [block(cin, planes, 1, None) for _ in range(depth - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))

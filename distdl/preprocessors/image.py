@@ -72,15 +72,16 @@ class ImagePreprocessor(JsonState):
         decoded, and a bad one named."""
         if len(values) == 0:
             return None
-        first = values[0] if values.dtype == object else values
+        one_array_per_row = values.dtype == object  # else one array of all rows
+        first = values[0] if one_array_per_row else values
         if not isinstance(first, np.ndarray):
             return None
         shape = (self.size, self.size, self.channels)
         accepted = [(self.size * self.size * self.channels,), shape] + ([shape[:2]] if self.channels == 1 else [])
-        row_shape = first.shape if values.dtype == object else first.shape[1:]
+        row_shape = first.shape if one_array_per_row else first.shape[1:]
         if first.dtype.kind not in "uif" or row_shape not in accepted:  # checked before any copy is made
             return None
-        if values.dtype == object:
+        if one_array_per_row:
             if any(not isinstance(v, np.ndarray) or v.shape != first.shape or v.dtype != first.dtype for v in values):
                 return None
             values = np.stack(values)

@@ -17,6 +17,7 @@ import json
 import uuid
 from typing import Any, Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset
@@ -27,6 +28,7 @@ from ray.data._internal.execution.interfaces import TaskContext
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink
 
+from distdl.data import value_bytes
 from distdl.paths import filesystem
 
 MANIFEST = "_distdl_score.json"
@@ -91,9 +93,39 @@ def _column(output_path: str, column: str) -> pa.ChunkedArray | None:
     return pyarrow.dataset.dataset(files, format="parquet", filesystem=fs).to_table(columns=[column])[column]
 
 
-def committed_ids(output_path: str, id_column: str) -> set:
+class IdSet:
+    """Which ids are already committed, as one sorted array of byte keys.
+
+    A resumed run hands it to every scoring actor. 636,738 integer ids as a Python set: 54 MB
+    in each process that holds it, 69 ms to unpickle; as this array: 5 MB, unpickled without a
+    copy (shared by a node's actors through Ray's object store). A block's 2,048 lookups by
+    binary search take well under a millisecond."""
+
+    def __init__(self, ids: Iterable):
+        self.keys = np.sort(_keys(ids))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def contains(self, ids: Iterable) -> np.ndarray:
+        keys = _keys(ids)
+        if not len(self.keys):
+            return np.zeros(len(keys), dtype=bool)
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return self.keys[at] == keys
+
+
+def _keys(ids: Iterable) -> np.ndarray:
+    """Each id's bytes (as for row ids), whatever its type, with a terminator byte that UTF-8
+    never holds: numpy's fixed-width bytes drop trailing NULs, and the terminator keeps
+    b"a" and b"a\\0" apart. An id longer than every committed one is never cut to their width:
+    searchsorted compares it at its own, and the equality that follows fails."""
+    return np.array([value_bytes(v) + b"\xff" for v in ids], dtype=np.bytes_)
+
+
+def committed_ids(output_path: str, id_column: str) -> IdSet:
     ids = _column(output_path, id_column)
-    return set() if ids is None else set(ids.to_pylist())
+    return IdSet([] if ids is None else ids.to_pylist())
 
 
 def counts(output_path: str, examples: int = 3) -> tuple[int, int, list[str]]:

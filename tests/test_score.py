@@ -13,7 +13,7 @@ import pytest
 import ray
 from test_predict import holdout_batch, tiny_checkpoint
 
-from distdl import cli, data, score
+from distdl import cli, data, score, score_output
 from distdl.predict import Predictor
 from distdl.specbase import SpecError
 
@@ -178,6 +178,15 @@ def test_a_gpu_pool_cuts_its_input_into_blocks_of_more_forward_passes(ray_sessio
     assert cpu == data.BlockTarget(at_least=2 * score.BLOCKS_PER_ACTOR, max_rows=100 * score.BATCHES_PER_BLOCK)
     assert gpu == data.BlockTarget(at_least=2 * score.BLOCKS_PER_ACTOR, max_rows=100 * score.BATCHES_PER_BLOCK_ON_GPU)
     assert gpu.max_rows > cpu.max_rows
+
+
+def test_a_resumed_run_drops_the_committed_rows_inside_the_scoring_actors(ckpt, digits, capsys):
+    """Not as tasks of their own, which wait for a CPU beside the pool and the read: resuming
+    a 1M-row job with 363,262 rows left took 170 s that way on 2 cores, 90 s in the actors."""
+    raw = data.read(str(digits["holdout"]), blocks=SMALL.blocks())  # one file cut into blocks
+    score.scoring_pipeline(ckpt, raw, SMALL, "id", score_output.IdSet([0]), {}).explain()
+    physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+    assert "ActorPoolMapOperator[MapBatches(_drop_done)->MapBatches(Predictor)]" in physical
 
 
 def test_bad_pool_settings_name_the_flag_that_set_them_or_the_spec_field(ckpt, digits, tmp_path):

@@ -216,7 +216,7 @@ def _run(checkpoint_path: str, raw: ray.data.Dataset, output_path: str, resource
         print(f"[distdl] resuming: {len(done)} rows already scored in {output_path}", flush=True)
     scored = scoring_pipeline(checkpoint_path, raw, resources, id_column, done, options)
     sink = score_output.PartSink(output_path, manifest["id_column"], output_types(checkpoint_path),
-                                 resources.rows_per_file)
+                                 resources.rows_per_file, ids_from_content=id_column is None)
     try:
         scored.write_datasink(sink)
     except ray.exceptions.RayError as exc:  # the reason, not Ray's traceback of the actor that died of it

@@ -1,8 +1,8 @@
 """The scoring output folder: parquet parts committed atomically, one per written block.
 
 A write task writes its block to a hidden temporary file and renames it into place, so a
-part is either absent or complete. The part's name is a hash of the row ids it holds: a
-write retried after a crash (or a block recomputed after an actor died) replaces the same
+part is either absent or complete. The part's name is a hash of the row ids it holds (with
+the write task's index where ids come from content; see PartSink): a write retried after a crash (or a block recomputed after an actor died) replaces the same
 file instead of adding a second copy of its rows. A re-run reads the ids already committed
 and scores only the rest, so a killed job resumes without scoring a row twice.
 
@@ -48,9 +48,13 @@ class PartSink(Datasink):
     makes the folder unreadable as one table (pyarrow takes the first file's schema)."""
 
     def __init__(self, output_path: str, id_column: str, types: dict[str, pa.DataType],
-                 rows_per_file: int | None = None):
+                 rows_per_file: int | None = None, ids_from_content: bool = False):
         self.output_path = output_path
         self.id_column = id_column
+        # Ids hashed from the rows' content repeat where rows do: two copies of one input file
+        # give blocks with the same ids, whose parts must not replace each other. The write
+        # task's index tells them apart and stays the same when Ray retries that task.
+        self.ids_from_content = ids_from_content
         self.types = types
         self.rows_per_file = rows_per_file
         self.rows_written = 0  # set on the driver when the write completes
@@ -65,8 +69,10 @@ class PartSink(Datasink):
             return 0
         table = pa.concat_tables(tables, promote_options="permissive")
         table = table.cast(pa.schema([pa.field(f.name, self.types.get(f.name, f.type)) for f in table.schema]))
-        ids = "\n".join(map(str, table[self.id_column].to_pylist())).encode()
-        name = f"{PART_PREFIX}{hashlib.blake2b(ids, digest_size=12).hexdigest()}.parquet"
+        ids = "\n".join(map(str, table[self.id_column].to_pylist()))
+        if self.ids_from_content:
+            ids += f"\ntask {ctx.task_idx}"
+        name = f"{PART_PREFIX}{hashlib.blake2b(ids.encode(), digest_size=12).hexdigest()}.parquet"
         fs, inner = filesystem(self.output_path)
         tmp = _join(inner, f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}")
         with fs.open_output_stream(tmp) as f:

@@ -98,6 +98,19 @@ def test_an_actor_runs_one_predictor_call_at_a_time_though_two_blocks_are_in_fli
         assert all(later[0] >= earlier[1] for earlier, later in zip(calls, calls[1:]))
 
 
+def test_rows_without_ids_get_stable_content_ids_and_a_repeated_file_is_not_lost(ckpt, digits, tmp_path):
+    """Two copies of one file cut into the same blocks: the same row ids, but both copies' rows
+    must come out (a part named by its ids alone once replaced the other copy's part)."""
+    images = pq.read_table(digits["holdout"], columns=["image"])
+    for copy in ("a", "b"):
+        pq.write_table(images, tmp_path / f"{copy}.parquet")
+    summary = score.score(ckpt, str(tmp_path), str(tmp_path / "out"), SMALL)
+    out = pq.read_table(tmp_path / "out")
+    assert summary.rows_in == summary.rows_out == out.num_rows == 2 * images.num_rows
+    ids = out[score.ROW_ID].to_pylist()
+    assert len(set(ids)) == len(set(images["image"].to_pylist()))  # one id per distinct image, each twice
+
+
 def test_pixel_arrays_of_wrong_shape_or_nan_are_errors_not_failures(ckpt, tmp_path):
     good = np.random.default_rng(0).random(64).tolist()
     pixels = [good, good[:10], [float("nan")] * 64, good]

@@ -1,10 +1,11 @@
 """The scoring output folder: parquet parts committed atomically, one per written block.
 
 A write task writes its block to a hidden temporary file and renames it into place, so a
-part is either absent or complete. The part's name is a hash of the row ids it holds (with
-the write task's index where ids come from content; see PartSink): a write retried after a crash (or a block recomputed after an actor died) replaces the same
-file instead of adding a second copy of its rows. A re-run reads the ids already committed
-and scores only the rest, so a killed job resumes without scoring a row twice.
+part is either absent or complete. The part's name is a hash of the row ids it holds (and
+of the write task's index where ids come from content; see PartSink): a write retried after
+a crash (or a block recomputed after an actor died) replaces the same file instead of adding
+a second copy of its rows. A re-run reads the ids already committed and scores only the
+rest, so a killed job resumes without scoring a row twice.
 
     <output>/part-<hash>.parquet   committed rows: the id column, predictions, error
     <output>/.tmp-part-<hash>...   a write cut short; deleted when the next run starts
@@ -122,9 +123,9 @@ class IdSet:
 
 
 def _keys(ids: Iterable) -> np.ndarray:
-    """Each id's bytes (as for row ids), whatever its type, with a terminator byte that UTF-8
-    never holds: numpy's fixed-width bytes drop trailing NULs, and the terminator keeps
-    b"a" and b"a\\0" apart. An id longer than every committed one is never cut to their width:
+    """Each id's bytes (as for row ids), whatever its type, and a last byte 0xff: numpy's
+    fixed-width bytes drop trailing NULs, and a last byte that is never NUL keeps b"a" and
+    b"a\\0" apart. An id longer than every committed one is never cut to their width:
     searchsorted compares it at its own, and the equality that follows fails."""
     return np.array([value_bytes(v) + b"\xff" for v in ids], dtype=np.bytes_)
 

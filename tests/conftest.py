@@ -7,6 +7,15 @@ import pytest
 
 # 4 logical CPUs on a 2-core machine: room for two 1-CPU Train workers plus Ray Data.
 RAY_CPUS = 4
+RAY_FIXTURES = {"ray_session", "ray_cluster"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs a Ray (directly or through another fixture) is end to end: `make
+    test-fast` (-m "not e2e") skips it without each test having to say so."""
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")

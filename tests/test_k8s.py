@@ -17,7 +17,7 @@ from distdl.serve import export_config
 from distdl.specbase import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
-CRDS = ROOT.parent / "shared" / "kuberay-crds"
+CRDS = ROOT / "tests" / "fixtures" / "kuberay-crds"  # verbatim copies, with their licence
 IMAGE, BUCKET = "REGISTRY/distdl:0.1.0", "s3://YOUR_BUCKET"
 # The commands that wrote k8s/*.yaml (README: "Kubernetes (KubeRay)").
 RENDERED = {
@@ -51,7 +51,7 @@ def strict(node):
 def schemas() -> dict[str, jsonschema.Draft7Validator]:
     """A validator per kind, built once (jsonschema.validate would re-check each 1 MB schema)."""
     paths = sorted(CRDS.glob("ray.io_*.yaml"))
-    assert paths, f"no KubeRay CRDs in {CRDS}: the tests read them from ../shared/kuberay-crds beside the repository"
+    assert paths, f"no KubeRay CRDs in {CRDS}"
     found = {}
     for path in paths:
         crd = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)

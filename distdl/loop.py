@@ -25,6 +25,7 @@ import ray.train.torch
 
 from distdl import checkpoint, models, preprocessors, tasks
 from distdl.collate import Collate
+from distdl.tasks.base import Optimizers, Task
 
 StepHook = Callable[[int, int, int], None]  # (rank, epoch, step): called before every step
 
@@ -107,7 +108,7 @@ def _all_reduce_sums(totals: dict[str, Any], device: torch.device) -> dict[str, 
 
 @dataclass
 class Step:
-    """One training step's place and tools; a task with its own ``train_step`` (gan) gets it."""
+    """One training step's place and tools, handed to the task's ``train_step``."""
     device: torch.device
     train: dict
     scaler: torch.amp.GradScaler
@@ -130,22 +131,12 @@ class Step:
         self.scaler.step(optimizer)
 
 
-def _loss_step(task, model, optimizer, batch, step: Step) -> tuple[dict[str, float], int]:
-    """The usual step: the task's loss, one backward, one optimizer."""
-    with step.autocast():
-        loss, rows = task.loss(model, batch)
-    step.backward(loss, optimizer)
-    return {"loss": loss.item() * rows}, rows
-
-
-def train_epoch(task, model, optimizer, scaler, batches, device, train: dict, epoch: int, rank: int,
-                hook: Optional[StepHook]) -> dict[str, float]:
-    """One pass over this worker's shard; returns group-wide losses (train_<name>) and timing.
-    ``optimizer`` is the optimizer, or the task's named optimizers when it has its own
-    ``train_step`` (which then returns the sums named in ``task.step_sums``)."""
+def train_epoch(task: Task, model, optimizers: Optimizers, scaler, batches, device, train: dict, epoch: int,
+                rank: int, hook: Optional[StepHook]) -> dict[str, float]:
+    """One pass over this worker's shard; returns group-wide means of the task's
+    ``step_sums`` (train_<name>) and timing."""
     model.train()
-    own_step = getattr(task, "train_step", None)
-    names = getattr(task, "step_sums", ("loss",))
+    names = task.step_sums
     sums, seen, wait, start = dict.fromkeys(names, 0.0), 0, 0.0, time.perf_counter()
     step = Step(device, train, scaler, epoch, rank, _world())
     iterator = iter(batches)
@@ -157,10 +148,7 @@ def train_epoch(task, model, optimizer, scaler, batches, device, train: dict, ep
             break
         if hook:
             hook(rank, epoch, step.index)
-        if own_step:
-            batch_sums, rows = own_step(model, optimizer, batch, step)
-        else:
-            batch_sums, rows = _loss_step(task, model, optimizer, batch, step)
+        batch_sums, rows = task.train_step(model, optimizers, batch, step)
         scaler.update()
         for name in names:
             sums[name] += batch_sums[name]
@@ -249,8 +237,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = lr
         metrics = {"epoch": epoch, "lr": lr}
-        own = optimizers if hasattr(task, "train_step") else optimizers["model"]
-        metrics.update(train_epoch(task, trained, own, scaler, batches, device, train, epoch, rank,
+        metrics.update(train_epoch(task, trained, optimizers, scaler, batches, device, train, epoch, rank,
                                    config.get("step_hook")))
         if epoch < train["epochs"]:
             batches = epoch_batches()  # the next epoch starts streaming while this one validates
@@ -260,19 +247,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state["history"].append(metrics)
         state["epoch"] = epoch
         if rank == 0:
-            if hasattr(task, "epoch_end"):
-                task.epoch_end(model, run_dir, epoch)  # e.g. the gan's sample grid
+            task.epoch_end(model, run_dir, epoch)  # e.g. the gan's sample grid
             _save_epoch(model, optimizers, family, model_cfg, preprocessor, spec, state, ckpt_spec, run_dir)
         ray.train.report(metrics)
 
 
-def _prepare(task, model, train: dict) -> tuple[Any, dict[str, torch.optim.Optimizer]]:
+def _prepare(task: Task, model, train: dict) -> tuple[Any, Optimizers]:
     """(what the steps run: the model DDP-wrapped and on the device, its named optimizers).
     A task with its own step (gan) wraps its networks apart and names their optimizers."""
-    if hasattr(task, "prepare"):
-        return task.prepare(model, ray.train.torch.prepare_model, lambda params: make_optimizer(params, train))
-    trained = ray.train.torch.prepare_model(model)
-    return trained, {"model": make_optimizer(trained.parameters(), train)}
+    return task.prepare(model, ray.train.torch.prepare_model, lambda params: make_optimizer(params, train))
 
 
 def _save_epoch(model, optimizers, family, model_cfg, preprocessor, spec, state, ckpt_spec, run_dir) -> None:

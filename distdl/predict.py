@@ -58,7 +58,7 @@ def check_options(checkpoint_path: str, options: dict[str, Any]) -> None:
 
 def _row_inputs(task: Any, pre: Any) -> Any:
     """What each row's input is: data for the preprocessor, or the task's own (a gan's row ids)."""
-    return getattr(task, "inputs", None) or pre
+    return task.inputs or pre
 
 
 def input_column(checkpoint_path: str) -> str:

@@ -187,7 +187,7 @@ def check_generative(checkpoint_path: str, count: int, seed: int) -> None:
     if count < 1 or seed < 0:
         raise ValueError(f"--generate needs N >= 1 and --seed >= 0, got {count} and {seed}")
     meta = checkpoint.load_meta(checkpoint_path)
-    if not hasattr(tasks.TASKS[models.task_name(meta)], "inputs"):
+    if tasks.TASKS[models.task_name(meta)].inputs is None:
         raise ValueError(f"{checkpoint_path} is a {meta['family']} model, which scores data (--input); "
                          "--generate needs a generative model (gan)")
 

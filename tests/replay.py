@@ -18,8 +18,9 @@ def replay(spec: specmod.JobSpec, pre, meta: dict, batch: dict[str, torch.Tensor
     cfg = spec.to_dict()["train"]
     optimizer = loop.make_optimizer(model.parameters(), cfg)
     for epoch in range(1, spec.train.epochs + 1):
-        loop.train_epoch(Classification(pre), model, optimizer, torch.amp.GradScaler("cpu", enabled=False), [batch],
-                         torch.device("cpu"), cfg, epoch, 0, None)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        loop.train_epoch(Classification(pre), model, {"model": optimizer}, scaler, [batch], torch.device("cpu"), cfg,
+                         epoch, 0, None)
     assert any(not torch.equal(initial[k], v) for k, v in model.state_dict().items()), "the steps changed nothing"
     return model.state_dict()
 

@@ -36,7 +36,7 @@ def classifier(ray_session, digits, tmp_path_factory) -> str:
     torch.set_num_threads(1)  # a tiny model: one thread is much faster on a busy 2-core machine
     for epoch in range(1, 4):
         batches = [{"x": x[i], "y": y[i]} for i in torch.randperm(len(x)).split(64)]
-        loop.train_epoch(Classification(pre), model, optimizer, scaler, batches, torch.device("cpu"), settings,
+        loop.train_epoch(Classification(pre), model, {"model": optimizer}, scaler, batches, torch.device("cpu"), settings,
                          epoch, 0, None)
     torch.set_num_threads(threads)
     return checkpoint.save(str(tmp_path_factory.mktemp("cnn") / "best"), model, "cnn", cfg, pre, {}, {"epoch": 3})

@@ -51,10 +51,10 @@ def test_an_epoch_of_steps_overfits_a_fixed_batch(precision, grad_clip):
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     calls = []
     task = classification(4)
-    first = loop.train_epoch(task, model, optimizer, scaler, [batch] * 5, torch.device("cpu"), cfg, 1, 0,
+    first = loop.train_epoch(task, model, {"model": optimizer}, scaler, [batch] * 5, torch.device("cpu"), cfg, 1, 0,
                              hook=lambda *args: calls.append(args))
     for epoch in range(2, 6):
-        last = loop.train_epoch(task, model, optimizer, scaler, [batch] * 5, torch.device("cpu"), cfg, epoch, 0, None)
+        last = loop.train_epoch(task, model, {"model": optimizer}, scaler, [batch] * 5, torch.device("cpu"), cfg, epoch, 0, None)
     assert last["train_loss"] < first["train_loss"] / 2
     assert first["train_samples"] == 80 and calls == [(0, 1, s) for s in range(5)]
     assert 0 <= first["ingest_wait_share"] < 1

@@ -49,7 +49,7 @@ def steps(task, model, batch, train: dict, n: int) -> list[float]:
     """n training steps on one batch through the worker loop's own epoch function."""
     optimizer = loop.make_optimizer(model.parameters(), train)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    return [loop.train_epoch(task, model, optimizer, scaler, [batch], torch.device("cpu"), train, 1, 0, None)["train_loss"]
+    return [loop.train_epoch(task, model, {"model": optimizer}, scaler, [batch], torch.device("cpu"), train, 1, 0, None)["train_loss"]
             for _ in range(n)]
 
 

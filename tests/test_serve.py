@@ -43,7 +43,7 @@ from test_predict import tiny_checkpoint
 
 from distdl import checkpoint, loadgen, score
 from distdl import serve as distdl_serve
-from distdl.serve.api import TASKS
+from distdl.serve.api import ROUTES
 from distdl.serve.model import ModelServer
 
 AUTOSCALED = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 0.5,
@@ -123,7 +123,7 @@ def test_probes_and_the_model_list(app):
     assert models["digits"]["limits"]["max_items_per_request"] == 8  # from its checkpoint's serve section
     assert models["digits_rgb"]["limits"]["top_k"] == 3
     paths = requests.get(f"{app.url}/openapi.json").json()["paths"]
-    assert {f"/models/{{name}}/{task.path}" for task in TASKS.values()} <= set(paths)  # every task has a route
+    assert {f"/models/{{name}}/{route.path}" for route in ROUTES.values()} <= set(paths)  # every task has a route
 
 
 def test_an_image_means_the_same_in_every_encoding(app):

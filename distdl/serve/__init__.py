@@ -2,12 +2,12 @@
 Serve configs and KubeRay RayServices name; the rest is what the CLI, k8s and tests use.
 
     app.py       checkpoints -> the Serve application (build_app), config export, run until Ctrl-C
-    api.py       the FastAPI ingress: probes, /models, one route per task (TASKS), auth, body cap
+    api.py       the FastAPI ingress: probes, /models, one route per served task (ROUTES), auth, body cap
     model.py     the model deployment: Predictor + @serve.batch, one forward pass per option set
-    schema.py    ModelInfo, limits, error shapes, and the Task record each TASKS entry is
+    schema.py    ModelInfo, limits, error shapes, and the Route record each ROUTES entry is
     bodies.py    request bodies shared by the tasks: JSON, file uploads (octet-stream, multipart, base64)
     classify.py  the answer of every classification route (top-k)
-    image.py, sequence.py, audio.py, text.py, gan.py   one module per input kind: its routes' tasks
+    image.py, sequence.py, audio.py, text.py, gan.py   one module per input kind: its routes
 """
 from distdl.serve.app import APP_NAME, IMPORT_PATH, build_app, export_config, load_models, run, split_entry
 

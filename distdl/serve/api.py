@@ -3,11 +3,11 @@
     GET  /healthz                      liveness: the ingress answers
     GET  /readyz                       every model has a replica with its checkpoint loaded (else 503)
     GET  /models                       names, families, tasks, checkpoint ids, input schemas, limits
-    POST /models/{name}/<task path>    one route per task in TASKS, e.g. classify-image, generate-text
+    POST /models/{name}/<task path>    one route per served task in ROUTES, e.g. classify-image, generate-text
     GET  /docs, /openapi.json          the API, generated from the pydantic models
 
-A new kind of model is a new entry in TASKS (its route, schemas and HTTP <-> row
-conversions, see schema.Task) and in SERVED.
+A new kind of model is a new entry in ROUTES (its path, schemas and HTTP <-> row
+conversions, see schema.Route) and in SERVED.
 """
 # No `from __future__ import annotations` here: FastAPI reads the route closures' annotations
 # at run time, and they name per-task types that only exist inside the closure.
@@ -27,16 +27,16 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from distdl.serve import audio, gan, image, sequence, text
-from distdl.serve.schema import ERROR_RESPONSES, Health, ModelInfo, ModelList, Readiness, Task, problem
+from distdl.serve.schema import ERROR_RESPONSES, Health, ModelInfo, ModelList, Readiness, Route, problem
 
-TASKS: dict[str, Task] = {
-    "image_classification": image.TASK,
-    "sequence_classification": sequence.TASK,
-    "audio_classification": audio.TASK,
+ROUTES: dict[str, Route] = {
+    "image_classification": image.ROUTE,
+    "sequence_classification": sequence.ROUTE,
+    "audio_classification": audio.ROUTE,
     "text_classification": text.CLASSIFY,
     "text_embedding": text.EMBED,
     "text_generation": text.GENERATE,
-    "image_generation": gan.TASK,
+    "image_generation": gan.ROUTE,
 }
 # (model.family, its task in distdl.tasks, its input) -> the served task. The input is the
 # preprocessor's kind, or "audio" for sequences read from wav files: the rnn family has three.
@@ -129,34 +129,34 @@ def build_api(models: dict[str, ModelInfo], handles: dict[str, DeploymentHandle]
     app.add_api_route("/models", list_models, methods=["GET"], dependencies=auth, summary="Served models",
                       responses={401: ERROR_RESPONSES[401]})
     for name in sorted({m.task for m in models.values()}):  # routes only for the tasks served
-        task = TASKS[name]
-        app.add_api_route(f"/models/{{name}}/{task.path}", _task_route(name, task, models, handles),
-                          methods=["POST"], response_model=task.response, dependencies=auth, summary=task.summary,
-                          openapi_extra={"requestBody": task.request_body}, responses=ERROR_RESPONSES)
+        route = ROUTES[name]
+        app.add_api_route(f"/models/{{name}}/{route.path}", _task_route(name, route, models, handles),
+                          methods=["POST"], response_model=route.response, dependencies=auth, summary=route.summary,
+                          openapi_extra={"requestBody": route.request_body}, responses=ERROR_RESPONSES)
     return app
 
 
-def _task_route(task_name: str, task: Task, models: dict[str, ModelInfo], handles: dict[str, DeploymentHandle]):
+def _task_route(task_name: str, route: Route, models: dict[str, ModelInfo], handles: dict[str, DeploymentHandle]):
     served = [n for n, info in models.items() if info.task == task_name]
     model_name = Annotated[str, PathParam(description="a served model", json_schema_extra={"enum": served})]
 
-    async def predict(name: model_name, request: Request, params: Annotated[task.params, Query()]) -> Any:
+    async def predict(name: model_name, request: Request, params: Annotated[route.params, Query()]) -> Any:
         info = models.get(name)
         if info is None:
             raise problem(404, f"unknown model {name!r}; served: {sorted(models)}")
         if info.task != task_name:
             raise problem(404, f"model {name!r} does {info.task}, not {task_name}: POST {info.route}")
-        parsed = await task.parse(request, info.limits)
+        parsed = await route.parse(request, info.limits)
         try:
             outputs = await handles[name].predict.remote(parsed.rows, parsed.options)
         except UNAVAILABLE:
             raise HTTPException(503, f"model {name!r} has no live replica right now; retry",
                                 headers={"Retry-After": "1"}) from None
-        bad = [{"loc": [task.items, i], "msg": row["error"], "type": "bad_input"}
+        bad = [{"loc": [route.items, i], "msg": row["error"], "type": "bad_input"}
                for i, row in enumerate(outputs) if row["error"] is not None]
         if bad:
             raise HTTPException(422, bad)
-        return task.respond(info, outputs, params)
+        return route.respond(info, outputs, params)
 
     return predict
 

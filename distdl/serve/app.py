@@ -27,7 +27,7 @@ from ray.serve.schema import DeploymentStatus
 
 from distdl import checkpoint, models
 from distdl.paths import is_uri
-from distdl.serve.api import SERVED, TASKS, Ingress
+from distdl.serve.api import ROUTES, SERVED, Ingress
 from distdl.serve.model import ModelServer
 from distdl.serve.schema import Limits, ModelInfo
 from distdl.spec import ServeSpec
@@ -76,8 +76,8 @@ def _load(entry: str, overrides: dict[str, Any]) -> Served:
     options = from_dict(ServeSpec, {**(spec.get("serve") or {}), **overrides}, "serve", problems)
     if problems:
         raise SpecError(problems)
-    info = ModelInfo(name=name, family=family, task=task, route=f"/models/{name}/{TASKS[task].path}",
-                     checkpoint=path, checkpoint_id=checkpoint.identity(path), input=TASKS[task].describe(path),
+    info = ModelInfo(name=name, family=family, task=task, route=f"/models/{name}/{ROUTES[task].path}",
+                     checkpoint=path, checkpoint_id=checkpoint.identity(path), input=ROUTES[task].describe(path),
                      limits=Limits.of(options))
     return Served(info, options)
 
@@ -124,7 +124,7 @@ def _model_deployment(served: Served) -> Application:
         name=f"model-{served.info.name}", max_ongoing_requests=o.max_ongoing_requests,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         ray_actor_options={"num_cpus": o.cpus_per_replica, "num_gpus": o.gpus_per_replica}, **scaling)
-    options = TASKS[served.info.task].predictor_options(served.info.limits)
+    options = ROUTES[served.info.task].predictor_options(served.info.limits)
     return deployment.bind(served.info.checkpoint, options, threads, "cuda" if o.gpus_per_replica else "cpu",
                            o.max_batch_size, o.batch_wait_timeout_s)
 

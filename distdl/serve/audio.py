@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from distdl import checkpoint
 from distdl.serve import bodies, classify
-from distdl.serve.schema import Limits, Parsed, Task
+from distdl.serve.schema import Limits, Parsed, Route
 
 
 class AudioRequest(BaseModel):
@@ -32,7 +32,7 @@ async def parse(request: Request, limits: Limits) -> Parsed:
                                           lambda item, i: bodies.from_base64(item, ["clips", i])))
 
 
-TASK = Task(path="classify-audio", items="clips", summary="Classify wav clips: top-k classes with probabilities",
+ROUTE = Route(path="classify-audio", items="clips", summary="Classify wav clips: top-k classes with probabilities",
             params=classify.ClassifyParams, request_body=bodies.request_body(AudioRequest, "clips", "wav file"),
             response=classify.ClassifyResponse, describe=describe, parse=parse, respond=classify.respond,
             predictor_options=classify.predictor_options)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from distdl import checkpoint
 from distdl.serve import bodies
-from distdl.serve.schema import MAX_SEED, Limits, ModelInfo, NoParams, Parsed, Task
+from distdl.serve.schema import MAX_SEED, Limits, ModelInfo, NoParams, Parsed, Route
 
 
 class GenerateImageRequest(BaseModel):
@@ -45,6 +45,6 @@ def respond(info: ModelInfo, rows: list[dict], params: NoParams) -> GenerateImag
                                  images=[base64.b64encode(r["image"]).decode() for r in rows])
 
 
-TASK = Task(path="generate-image", items="images", summary="Generate images: N seeded samples as base64 PNG",
+ROUTE = Route(path="generate-image", items="images", summary="Generate images: N seeded samples as base64 PNG",
             params=NoParams, request_body=bodies.json_only(GenerateImageRequest), response=GenerateImageResponse,
             describe=describe, parse=parse, respond=respond)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from distdl import checkpoint
 from distdl.serve import bodies, classify
-from distdl.serve.schema import Limits, Parsed, Task, problem
+from distdl.serve.schema import Limits, Parsed, Route, problem
 
 # Integers are 0..255 and floats 0..1: the same rule as pixel columns in batch scoring, so
 # the JSON number type is kept (StrictInt first) rather than coerced to float.
@@ -69,7 +69,7 @@ def _check_pixels(row: Any, i: int, max_pixels: int) -> None:
         raise problem(413, f"image of {pixels} pixels; this model takes at most {max_pixels}", ["images", i])
 
 
-TASK = Task(path="classify-image", items="images", summary="Classify images: top-k classes with probabilities",
+ROUTE = Route(path="classify-image", items="images", summary="Classify images: top-k classes with probabilities",
             params=classify.ClassifyParams, request_body=bodies.request_body(ImageRequest, "images", "image file"),
             response=classify.ClassifyResponse, describe=describe, parse=parse, respond=classify.respond,
             predictor_options=classify.predictor_options)

@@ -1,5 +1,5 @@
 """The HTTP API's shared pieces: what each served model is, its request limits, and the
-``Task`` record that the literal task table (api.TASKS) holds for each kind of model.
+``Route`` record that the literal route table (api.ROUTES) holds for each served task.
 
 Errors anywhere in the API are FastAPI's shape, ``{"detail": str | [{"loc", "msg", "type"}]}``,
 so a client parses one format whatever went wrong.
@@ -78,7 +78,7 @@ class Parsed(NamedTuple):
     options: dict[str, Any] = {}
 
 
-class Task(NamedTuple):
+class Route(NamedTuple):
     """How one task is served over HTTP: its route, schemas, and the two conversions
     between HTTP and Predictor rows. Rows cross to the model replica as plain values
     (bytes, arrays, text, ids); decoding them is the Predictor's job, as in batch scoring."""

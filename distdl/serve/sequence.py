@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from distdl import checkpoint
 from distdl.serve import bodies, classify
-from distdl.serve.schema import Limits, Parsed, Task
+from distdl.serve.schema import Limits, Parsed, Route
 
 
 class SequenceRequest(BaseModel):
@@ -35,7 +35,7 @@ async def parse(request: Request, limits: Limits) -> Parsed:
     return Parsed(rows)
 
 
-TASK = Task(path="classify-sequence", items="sequences",
+ROUTE = Route(path="classify-sequence", items="sequences",
             summary="Classify numeric sequences: top-k classes with probabilities", params=classify.ClassifyParams,
             request_body=bodies.json_only(SequenceRequest),
             response=classify.ClassifyResponse, describe=describe, parse=parse, respond=classify.respond,

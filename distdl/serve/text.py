@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from distdl import checkpoint
 from distdl.serve import bodies, classify
-from distdl.serve.schema import MAX_SEED, Limits, ModelInfo, NoParams, Parsed, Task, problem
+from distdl.serve.schema import MAX_SEED, Limits, ModelInfo, NoParams, Parsed, Route, problem
 
 MAX_TEMPERATURE = 100.0  # far past the point where sampling is uniform; bounds the schema for clients
 
@@ -100,13 +100,13 @@ def respond_generated(info: ModelInfo, rows: list[dict], params: NoParams) -> Ge
     return GenerateTextResponse(model=info.name, checkpoint_id=info.checkpoint_id, generated=[r["generated"] for r in rows])
 
 
-CLASSIFY = Task(path="classify-text", items="texts", summary="Classify texts: top-k classes with probabilities",
+CLASSIFY = Route(path="classify-text", items="texts", summary="Classify texts: top-k classes with probabilities",
                 params=classify.ClassifyParams, request_body=bodies.json_only(TextRequest),
                 response=classify.ClassifyResponse, describe=describe_classifier, parse=parse_texts,
                 respond=classify.respond, predictor_options=classify.predictor_options)
-EMBED = Task(path="embed-text", items="texts", summary="Embed texts: one vector per text", params=NoParams,
+EMBED = Route(path="embed-text", items="texts", summary="Embed texts: one vector per text", params=NoParams,
              request_body=bodies.json_only(TextRequest), response=EmbedTextResponse, describe=describe_embedder,
              parse=parse_texts, respond=respond_embeddings)
-GENERATE = Task(path="generate-text", items="prompts", summary="Continue prompts with a language model",
+GENERATE = Route(path="generate-text", items="prompts", summary="Continue prompts with a language model",
                 params=NoParams, request_body=bodies.json_only(GenerateTextRequest), response=GenerateTextResponse,
                 describe=describe_prompts, parse=parse_prompts, respond=respond_generated)

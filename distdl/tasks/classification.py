@@ -7,8 +7,10 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from distdl.tasks.base import Task
 
-class Classification:
+
+class Classification(Task):
     metrics = ("val_accuracy", "val_loss", "val_top5", "train_loss")
     default_best = "val_accuracy"
     targets = ("y",)

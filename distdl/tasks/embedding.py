@@ -5,20 +5,15 @@ without metrics); ``distdl import`` turns a local model folder into its checkpoi
 """
 from __future__ import annotations
 
-from typing import Any
 
 import pyarrow as pa
 import torch
 
+from distdl.tasks.base import Task
 
-class Embedding:
-    metrics: tuple[str, ...] = ()
-    default_best = None
-    output_types = {"embedding": pa.list_(pa.float64())}
-    targets: tuple[str, ...] = ()
 
-    def __init__(self, preprocessor: Any):
-        pass  # nothing to take from the preprocessor: no classes, no targets
+class Embedding(Task):
+    output_types = {"embedding": pa.list_(pa.float64())}  # no metrics: nothing to train
 
     def predict(self, model: torch.nn.Module, features: dict[str, torch.Tensor]) -> dict[str, list]:
         """One float vector (list of H floats) per row."""

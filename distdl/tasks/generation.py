@@ -27,6 +27,7 @@ from distdl.paths import write_bytes
 from distdl.preprocessors.base import BadInputError, plain
 from distdl.preprocessors.image import png_bytes
 from distdl.tasks import gan_quality
+from distdl.tasks.base import Task
 
 EVAL_SEED = 2 ** 32 - 1  # first entropy word of the evaluation latents (generation seeds are the user's)
 GRID = 64  # samples in each epoch's grid: ids 0..63 of `distdl score --generate` with seed 0
@@ -47,12 +48,11 @@ class Ids:
         return {"id": np.asarray(ids, dtype=np.int64)}
 
 
-class ImageGeneration:
+class ImageGeneration(Task):
     metrics = ("val_fid", "val_confident", "val_coverage", "train_d_loss", "train_g_loss")
     default_best = "val_fid"
     minimized = ("val_fid",)  # besides losses: lower is better
     output_types = {"image": pa.binary()}  # PNG
-    targets = ()
     step_sums = ("d_loss", "g_loss")  # what train_step sums; reported as train_d_loss, train_g_loss
     inputs = Ids()  # generation reads ids, not the training rows
 

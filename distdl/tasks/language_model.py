@@ -16,12 +16,14 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from distdl.tasks.base import Task
 
-class LanguageModel:
+
+class LanguageModel(Task):
     metrics = ("val_perplexity", "val_loss", "train_loss")
     default_best = "val_perplexity"
     output_types = {"generated": pa.string()}
-    targets = ()  # the next tokens are the inputs shifted by one
+    # no targets: the next tokens are the inputs shifted by one
 
     def __init__(self, preprocessor: Any):
         self.pre = preprocessor  # ids <-> text

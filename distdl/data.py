@@ -120,9 +120,8 @@ def read(path: str, fmt: str = "auto", blocks: BlockTarget | None = None) -> ray
 def _read_parquet(path: str, blocks: int | None) -> ray.data.Dataset:
     """Ray's V1 parquet reader, which reads the footers once, on the driver, here.
 
-    Ray 2.60's default V2 reader re-lists the files and starts a footer-reading actor on
-    every execution, i.e. every epoch of train and of val: ~0.9 s per read of one small file
-    on an idle machine (V1: 0.07 s), a new process each time (measured). It also packs small
+    Ray 2.60's default V2 reader re-lists the files and starts a footer-reading actor (a new
+    process) on every execution, i.e. every epoch of train and of val. It also packs small
     files into one read task whatever ``override_num_blocks`` says (12 files -> 1 block)."""
     # V1 logs two estimates at INFO on every read ("Estimated parquet encoding ratio", "reader
     # batch size"): noise in every train and score output. Its warnings still show.

@@ -103,10 +103,9 @@ def _column(output_path: str, column: str) -> pa.ChunkedArray | None:
 class IdSet:
     """Which ids are already committed, as one sorted array of byte keys.
 
-    A resumed run hands it to every scoring actor. 636,738 integer ids as a Python set: 54 MB
-    in each process that holds it, 69 ms to unpickle; as this array: 5 MB, unpickled without a
-    copy (shared by a node's actors through Ray's object store). A block's 2,048 lookups by
-    binary search take well under a millisecond."""
+    A resumed run hands it to every scoring actor. As a Python set the ids would cost each
+    process about ten times the memory and a slow unpickle; this array unpickles without a
+    copy (shared by a node's actors through Ray's object store), and lookups are by binary search."""
 
     def __init__(self, ids: Iterable):
         self.keys = np.sort(_keys(ids))

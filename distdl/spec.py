@@ -8,29 +8,37 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional, Union
 
 import yaml
 
 from distdl import checkpoint, models, tasks
+from distdl.inference_spec import ScoreSpec, ServeSpec
 from distdl.paths import exists, is_uri
-from distdl.specbase import SpecError, check, from_dict, to_dict, unknown_key
+from distdl.specbase import Auto, SpecError, check, from_dict, knob, to_dict, unknown_key
 
-Auto = Literal["auto"]
 DATA_FORMATS = ("parquet", "csv", "jsonl", "image_folder", "text", "audio_folder")
+DEFAULT_FAMILY = "cnn"  # model.family when the spec does not name one
 
 
 @dataclass
 class DataSpec:
-    train: str  # file, folder or URI (s3://, gs://) of the training data
-    val: Optional[str] = None  # separate validation data; if null, val_fraction of train is held out
-    val_fraction: float = 0.1
-    format: Union[Auto, Literal["parquet", "csv", "jsonl", "image_folder", "text", "audio_folder"]] = "auto"
-    input_column: Optional[str] = None  # null: the family's default ("image" for cnn, "sequence"/"audio"/"text" for rnn)
-    label_column: str = "label"
-    id_column: Optional[str] = None  # stable row key for the train/val split (default: row content)
+    train: str = knob(help="file, folder or URI (`s3://`, `gs://`) of the training rows")
+    val: Optional[str] = knob(None, help="separate validation rows; null: `val_fraction` of `train` is held out")
+    val_fraction: float = knob(0.1, help="share of `train` held out for validation when `val` is null, chosen by "
+                                         "a salted hash of each row's key (stable across epochs and re-runs)")
+    format: Union[Auto, Literal["parquet", "csv", "jsonl", "image_folder", "text", "audio_folder"]] = knob(
+        "auto", help="`image_folder`: one sub-folder per class; `text`: one row per line, column `text`; "
+                     "`audio_folder`: wav files in one sub-folder per class, column `audio`; "
+                     "auto: from the file extension or the folder's content")
+    input_column: Optional[str] = knob(None, help="column the model reads; null: the family's default (`image` "
+                                                  "for cnn and gan, `text` for transformer; rnn: `sequence`, "
+                                                  "`audio` or `text` by task and input)")
+    label_column: str = knob("label", help="column holding each row's class (folders: the sub-folder name)")
+    id_column: Optional[str] = knob(None, help="stable row key for the train/val split; null: the file path, "
+                                               "else the row's content")
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from check(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
@@ -41,24 +49,26 @@ class DataSpec:
 
 @dataclass
 class TrainSpec:
-    epochs: int = 10
-    batch_size: int = 64  # global: split evenly over the workers
-    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
-    lr: float = 1e-3
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
-    schedule: Literal["constant", "cosine", "step"] = "cosine"  # per epoch
-    warmup_epochs: int = 0  # linear warm-up before the schedule
-    step_size: int = 10  # "step": multiply lr by gamma every step_size epochs
-    gamma: float = 0.1
-    grad_clip: Optional[float] = None  # max global gradient norm
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast
-    shuffle: bool = True  # random block order + local shuffle buffer
-    # Preprocess once and keep the model-input rows in Ray's object store (spilling to disk) for
-    # every epoch, instead of decoding/tokenizing each row again each epoch. Augmentation still
-    # runs per epoch, after the cache.
-    cache: bool = False
-    seed: int = 0
+    epochs: int = knob(10, help="passes over the training rows")
+    batch_size: int = knob(64, help="global: split evenly over the workers (an explicit `scaling.num_workers` "
+                                    "must divide it)")
+    optimizer: Literal["sgd", "adam", "adamw"] = knob("adamw", help="the optimizer (a GAN: one per network)")
+    lr: float = knob(1e-3, help="peak learning rate")
+    momentum: float = knob(0.9, help="sgd only")
+    weight_decay: float = knob(0.0, help="the optimizer's weight decay")
+    schedule: Literal["constant", "cosine", "step"] = knob("cosine", help="learning-rate schedule, stepped per epoch")
+    warmup_epochs: int = knob(0, help="epochs of linear warm-up before the schedule")
+    step_size: int = knob(10, help="`step` schedule: multiply the learning rate by `gamma` every `step_size` epochs")
+    gamma: float = knob(0.1, help="`step` schedule: the factor")
+    grad_clip: Optional[float] = knob(None, help="max global gradient norm; null: no clipping")
+    precision: Literal["fp32", "bf16", "fp16"] = knob("fp32", help="`bf16`/`fp16`: autocast (fp16 needs a GPU; "
+                                                                   "bf16 also runs on CPU)")
+    shuffle: bool = knob(True, help="random block order and a local shuffle buffer of 4 batches")
+    cache: bool = knob(False, help="preprocess once and keep the model-input rows in Ray's object store (it spills "
+                                   "to disk) for every epoch, instead of decoding or tokenizing each row again; "
+                                   "augmentation still runs per epoch. Worth it when preprocessing costs as much "
+                                   "as the step")
+    seed: int = knob(0, help="seeds the initial weights and the train/val split")
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
@@ -74,11 +84,12 @@ class TrainSpec:
 
 @dataclass
 class ScalingSpec:
-    num_workers: Union[Auto, int] = "auto"  # auto: one per GPU, else one per node
-    use_gpu: Union[Auto, bool] = "auto"  # auto: use GPUs when the cluster has them
-    cpus_per_worker: Union[Auto, float] = "auto"  # Ray CPUs reserved per worker
-    gpus_per_worker: float = 1.0
-    threads_per_worker: Union[Auto, int] = "auto"  # torch threads in each worker
+    num_workers: Union[Auto, int] = knob("auto", help="Ray Train workers; auto: one per GPU, else one per node")
+    use_gpu: Union[Auto, bool] = knob("auto", help="train on GPUs; auto: when the cluster has them")
+    cpus_per_worker: Union[Auto, float] = knob("auto", help="Ray CPUs reserved per worker (fractions allowed); "
+                                                            "auto: the node's CPUs less a share kept for Ray Data")
+    gpus_per_worker: float = knob(1.0, help="GPUs per worker when training on GPUs")
+    threads_per_worker: Union[Auto, int] = knob("auto", help="torch threads in each worker; auto: its CPUs")
 
     def problems(self) -> Iterator[tuple[str, str]]:
         for name in ("num_workers", "threads_per_worker"):
@@ -91,10 +102,12 @@ class ScalingSpec:
 
 @dataclass
 class CheckpointSpec:
-    every_n_epochs: int = 1
-    keep: int = 2  # newest checkpoints kept under checkpoints/ (the best is kept apart, in best/)
-    best_metric: str = "auto"  # auto: the task's own (val_accuracy for classification)
-    best_mode: Union[Auto, Literal["max", "min"]] = "auto"  # auto: min for *loss* / *perplexity* / the task's minimized, else max
+    every_n_epochs: int = knob(1, help="checkpoint every n epochs; the last epoch is always checkpointed")
+    keep: int = knob(2, help="newest epoch checkpoints kept under `checkpoints/` (the best is kept apart, in `best/`)")
+    best_metric: str = knob("auto", help="validation metric that picks `best/`; auto: the task's own "
+                                         "(`val_accuracy` for classification)")
+    best_mode: Union[Auto, Literal["max", "min"]] = knob("auto", help="auto: min for losses, perplexity and the "
+                                                                      "task's minimized metrics, else max")
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from check(self.every_n_epochs >= 1, "every_n_epochs", f"must be >= 1, got {self.every_n_epochs}")
@@ -108,97 +121,36 @@ class CheckpointSpec:
                          f"must be one of {task.metrics} for this model, got {self.best_metric!r}")
         if self.best_mode == "auto":
             lower = ("loss" in self.best_metric or "perplexity" in self.best_metric
-                     or self.best_metric in getattr(task, "minimized", ()))
+                     or self.best_metric in task.minimized)
             self.best_mode = "min" if lower else "max"
 
 
 @dataclass
 class FailureSpec:
-    max_failures: int = 2  # worker-group restarts from the last checkpoint before giving up
+    max_failures: int = knob(2, help="worker-group restarts from the newest complete checkpoint before giving "
+                                     "up (-1: unlimited)")
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from check(self.max_failures >= -1, "max_failures", f"must be >= -1 (-1: unlimited), got {self.max_failures}")
 
 
 @dataclass
-class ServeSpec:
-    """Online serving (distdl serve): read from the checkpoint's spec.yaml; CLI --set overrides."""
-    min_replicas: int = 1
-    max_replicas: int = 1  # above min_replicas: autoscaling on
-    target_ongoing_requests: float = 8.0  # per replica: the autoscaler adds replicas above this
-    upscale_delay_s: float = 30.0
-    downscale_delay_s: float = 600.0
-    look_back_period_s: float = 30.0  # the autoscaler averages ongoing requests over this window (> 10 s)
-    max_batch_size: int = 16  # rows gathered from concurrent requests into one forward pass
-    # Longest wait for more rows once one arrives at an idle replica. Under load batches fill
-    # without it: rows that arrive during a forward pass go together into the next one.
-    batch_wait_timeout_s: float = 0.0
-    max_ongoing_requests: int = 32  # per replica; caps what a batch can gather
-    cpus_per_replica: float = 1.0
-    gpus_per_replica: float = 0.0
-    threads_per_replica: Union[Auto, int] = "auto"  # torch threads; auto: the replica's CPUs
-    top_k: int = 5  # most labels a response may list
-    max_body_bytes: int = 8 * 2**20  # larger requests: 413
-    max_items_per_request: int = 64  # images (rows) in one request; more: 413
-    max_image_pixels: int = 2**24  # width x height of one image; more: 413
-    max_text_chars: int = 20000  # characters in one text or prompt; more: 413
-    max_new_tokens: int = 200  # language models: most (and default) tokens generated per prompt
-
-    def problems(self) -> Iterator[tuple[str, str]]:
-        for name in ("min_replicas", "max_batch_size", "max_ongoing_requests", "top_k", "max_body_bytes",
-                     "max_items_per_request", "max_image_pixels", "max_text_chars", "max_new_tokens"):
-            yield from check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        yield from check(self.max_replicas >= self.min_replicas, "max_replicas",
-                         f"must be >= min_replicas ({self.min_replicas}), got {self.max_replicas}")
-        yield from check(self.max_ongoing_requests >= self.max_batch_size, "max_ongoing_requests",
-                         f"must be >= max_batch_size ({self.max_batch_size}), or batches can never fill; "
-                         f"got {self.max_ongoing_requests}")
-        # Serve pushes autoscaling metrics every 10 s; a shorter window is deprecated there.
-        yield from check(self.look_back_period_s > 10, "look_back_period_s",
-                         f"must be > 10 (Serve's metrics push interval), got {self.look_back_period_s}")
-        for name in ("target_ongoing_requests", "cpus_per_replica"):
-            yield from check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
-        for name in ("upscale_delay_s", "downscale_delay_s", "batch_wait_timeout_s", "gpus_per_replica"):
-            yield from check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        threads = self.threads_per_replica
-        yield from check(threads == "auto" or threads >= 1, "threads_per_replica", f"must be >= 1 or 'auto', got {threads}")
-
-
-@dataclass
-class ScoreSpec:
-    """Batch scoring (distdl score): read from the checkpoint's spec.yaml; the command's flags override."""
-    batch_size: int = 256  # rows per forward pass
-    min_actors: int = 1
-    max_actors: Union[Auto, int] = "auto"  # auto: one per GPU, else every CPU but one (left for reading)
-    cpus_per_actor: float = 1.0  # fractions allowed
-    gpus_per_actor: float = 0.0  # above 0: the model runs on cuda; fractions share a GPU
-    rows_per_file: Union[Auto, int] = "auto"  # rows per output parquet part; auto: one part per scored block
-
-    def problems(self) -> Iterator[tuple[str, str]]:
-        for name in ("batch_size", "min_actors"):
-            yield from check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        yield from check(self.max_actors == "auto" or self.max_actors >= self.min_actors, "max_actors",
-                         f"must be >= min_actors ({self.min_actors}) or 'auto', got {self.max_actors}")
-        yield from check(self.cpus_per_actor > 0, "cpus_per_actor", f"must be > 0, got {self.cpus_per_actor}")
-        yield from check(self.gpus_per_actor >= 0, "gpus_per_actor", f"must be >= 0, got {self.gpus_per_actor}")
-        yield from check(self.rows_per_file == "auto" or self.rows_per_file >= 1, "rows_per_file",
-                         f"must be >= 1 or 'auto', got {self.rows_per_file}")
-
-
-@dataclass
 class JobSpec:
-    name: str
-    data: DataSpec
-    model_family: str
-    model: Any  # the family's config dataclass (models.FAMILIES)
-    preprocess: Any  # the family's preprocess dataclass (models.FAMILIES)
-    train: TrainSpec = field(default_factory=TrainSpec)
-    scaling: ScalingSpec = field(default_factory=ScalingSpec)
-    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
-    failure: FailureSpec = field(default_factory=FailureSpec)
-    serve: ServeSpec = field(default_factory=ServeSpec)
-    score: ScoreSpec = field(default_factory=ScoreSpec)
-    storage: str = "runs"  # local folder or URI; the run lives in <storage>/<name>
+    name: str = knob(help="run name of letters, digits, `-` and `_`; the run lives in `<storage>/<name>`")
+    data: DataSpec = knob(help="the rows to train on")
+    model: Any = knob(help="the model: `family` and that family's fields (its config dataclass, models.FAMILIES)")
+    preprocess: Any = knob(help="the family's preprocessing (its preprocess dataclass, models.FAMILIES)")
+    # Written `model.family` in the spec: parse takes it out of the model section.
+    model_family: str = knob(DEFAULT_FAMILY, help="the model family; the `model` and `preprocess` sections take "
+                                                  "its fields")
+    train: TrainSpec = knob(factory=TrainSpec, help="optimizer, schedule, precision, epochs")
+    scaling: ScalingSpec = knob(factory=ScalingSpec, help="workers, CPUs, GPUs and threads")
+    checkpoint: CheckpointSpec = knob(factory=CheckpointSpec, help="how often, how many, which is best")
+    failure: FailureSpec = knob(factory=FailureSpec, help="restarts after a worker dies")
+    serve: ServeSpec = knob(factory=ServeSpec, help="online serving of the trained checkpoint")
+    score: ScoreSpec = knob(factory=ScoreSpec, help="batch scoring with the trained checkpoint")
+    storage: str = knob("runs", help="local folder or URI for checkpoints and metrics; the run lives in "
+                                     "`<storage>/<name>` (runs on several nodes need a shared one)")
 
     @property
     def run_dir(self) -> str:
@@ -239,7 +191,7 @@ def parse(raw: Any) -> JobSpec:
     if model_raw is None:
         problems.append(("model", f"must be a mapping, got {raw.get('model')!r}"))
     else:
-        family = model_raw.pop("family", "cnn")
+        family = model_raw.pop("family", DEFAULT_FAMILY)
         model_cfg = models.parse_config(family, model_raw, "model", problems)
     if family in models.FAMILIES:
         preprocess_cfg = from_dict(models.FAMILIES[family].preprocess, raw.get("preprocess"), "preprocess", problems)
@@ -298,7 +250,7 @@ def path_fields(raw: dict) -> dict[str, str]:
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
     found = {"storage": raw.get("storage", "runs"), "data.train": data.get("train"), "data.val": data.get("val")}
     model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
-    family = models.FAMILIES.get(model.get("family", "cnn"))
+    family = models.FAMILIES.get(model.get("family", DEFAULT_FAMILY))
     found.update({f"model.{name}": model.get(name) for name in (family.paths if family else ())})
     return {key: path for key, path in found.items() if isinstance(path, str)}
 

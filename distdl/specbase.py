@@ -13,6 +13,7 @@ import typing
 from typing import Any, Iterator, Literal, TypeVar, Union
 
 T = TypeVar("T")
+Auto = Literal["auto"]  # a field that distdl fills in from the cluster or the task
 
 
 class SpecError(ValueError):
@@ -117,6 +118,17 @@ def from_dict(cls: type[T], raw: Any, path: str, problems: list[tuple[str, str]]
     for field_name, msg in obj.problems() if hasattr(obj, "problems") else ():
         problems.append((join(path, field_name), msg))
     return obj
+
+
+def knob(default: Any = dataclasses.MISSING, *, help: str, factory: Any = dataclasses.MISSING) -> Any:
+    """A spec field with its help text (``factory`` for mutable defaults); the docs' spec
+    reference is generated from the help (distdl.spec_reference), so it lives beside the field."""
+    return dataclasses.field(default=default, default_factory=factory, metadata={"help": help})
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each field a spec may set, by name, with its help text ('' where it has none)."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.init}
 
 
 def to_dict(obj: Any) -> Any:

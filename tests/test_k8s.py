@@ -19,7 +19,7 @@ from distdl.specbase import SpecError
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT / "tests" / "fixtures" / "kuberay-crds"  # verbatim copies, with their licence
 IMAGE, BUCKET = "REGISTRY/distdl:0.1.0", "s3://YOUR_BUCKET"
-# The commands that wrote k8s/*.yaml (README: "Kubernetes (KubeRay)").
+# The commands that wrote k8s/*.yaml (docs/clusters.md, "Kubernetes: KubeRay").
 RENDERED = {
     "raycluster.yaml": f"cluster --image {IMAGE}",
     "rayjob-train.yaml": f"train jobs/cnn_digits.yaml --image {IMAGE} --set storage={BUCKET}/runs "

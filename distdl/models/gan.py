@@ -12,7 +12,7 @@ grids and generation are the task's (``distdl.tasks.gan``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Iterator, Literal, Optional, Sequence
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from distdl.preprocessors import image
-from distdl.specbase import check
+from distdl.specbase import check, knob
 
 # First feature-map size of the generator (and last of the discriminator) per image size;
 # every other stage doubles it: 4 -> 8 -> 16 -> 32 -> 64, or 7 -> 14 -> 28 (MNIST-style).
@@ -29,16 +29,17 @@ START = {16: 4, 28: 7, 32: 4, 64: 4}
 
 @dataclass
 class GANConfig:
-    classifier: str  # a cnn checkpoint trained on the same kind of images: scores samples each epoch
-    latent_dim: int = 64
-    width: int = 32  # channels next to the image in both networks; doubled per stage inward
-    batchnorm: bool = True  # off gives exact DDP/single-process parity
-    label_smoothing: float = 0.1  # one-sided: the discriminator's target for real images is 1 - this
-    beta1: float = 0.5  # Adam/AdamW's first beta for both networks (DCGAN: 0.5 is steadier than 0.9)
-    confidence: float = 0.5  # a sample counts as "confident" when the classifier's top probability >= this
-    # None: taken from the fitted preprocessor (preprocess.image_size / preprocess.channels).
-    image_size: Optional[int] = None
-    channels: Optional[int] = None
+    classifier: str = knob(help="a cnn checkpoint trained on the same kind of images: it judges the samples each "
+                                "epoch; resolved like data paths and checked before Ray starts")
+    latent_dim: int = knob(64, help="size of the generator's input")
+    width: int = knob(32, help="channels next to the image in both networks; doubled per stage inward")
+    batchnorm: bool = knob(True, help="batch norm in both networks; off gives exact DDP/single-process parity")
+    label_smoothing: float = knob(0.1, help="one-sided: the discriminator's target for real images is 1 - this")
+    beta1: float = knob(0.5, help="Adam/AdamW's first beta for both networks (DCGAN: 0.5 is steadier than 0.9)")
+    confidence: float = knob(0.5, help="a sample counts as confident when the classifier's top probability is at "
+                                       "least this")
+    image_size: Optional[int] = knob(None, help="null: from the fitted preprocessor (`preprocess.image_size`)")
+    channels: Optional[int] = knob(None, help="null: from the fitted preprocessor (`preprocess.channels`)")
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from check(bool(self.classifier), "classifier", "must name a cnn checkpoint folder")
@@ -56,9 +57,9 @@ class GANConfig:
 @dataclass
 class GANPreprocessSpec:
     """The spec's ``preprocess`` section for the gan family."""
-    image_size: Literal[16, 28, 32, 64] = 32
-    channels: Literal[1, 3] = 3
-    augment: list[Literal["hflip"]] = field(default_factory=list)  # training only
+    image_size: Literal[16, 28, 32, 64] = knob(32, help="images are resized to image_size x image_size")
+    channels: Literal[1, 3] = knob(3, help="1 (grayscale) or 3 (RGB)")
+    augment: list[Literal["hflip"]] = knob(factory=list, help="training only: random horizontal flips")
 
 
 def _stages(size: int) -> int:

@@ -15,26 +15,29 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from distdl.preprocessors import sequence, text
-from distdl.specbase import check
+from distdl.specbase import check, knob
 
 RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
 @dataclass
 class RNNConfig:
-    arch: Literal["lstm", "gru", "conv1d"] = "lstm"
-    task: Literal["classification", "language_model"] = "classification"
-    hidden_size: int = 64  # lstm/gru: state size per direction; conv1d: channels
-    num_layers: int = 1
-    bidirectional: bool = False  # lstm/gru classification only
-    dropout: float = 0.0  # between layers and before the output layer
-    pool: Literal["last", "mean"] = "last"  # lstm/gru classification: final state or mean over the steps
-    kernel_size: int = 5  # conv1d: odd; layer i is dilated 2**i, so the receptive field grows fast
-    embed_dim: int = 32  # language_model: character embedding size
-    # None: taken from the fitted preprocessor.
-    input_size: Optional[int] = None  # values per step (classification)
-    num_classes: Optional[int] = None
-    vocab_size: Optional[int] = None  # language_model
+    arch: Literal["lstm", "gru", "conv1d"] = knob("lstm", help="recurrent `lstm`/`gru`, or `conv1d`, a dilated "
+                                                               "1-D convnet (classification only)")
+    task: Literal["classification", "language_model"] = knob(
+        "classification", help="classify whole sequences, or predict the next character of text")
+    hidden_size: int = knob(64, help="lstm/gru: state size per direction; conv1d: channels")
+    num_layers: int = knob(1, help="stacked recurrent or conv layers")
+    bidirectional: bool = knob(False, help="lstm/gru classification only (a language model must not read ahead)")
+    dropout: float = knob(0.0, help="between layers and before the output layer")
+    pool: Literal["last", "mean"] = knob("last", help="lstm/gru classification: the final state, or the mean of "
+                                                      "the outputs over each row's steps")
+    kernel_size: int = knob(5, help="conv1d: odd; layer i is dilated 2**i, so the receptive field grows fast")
+    embed_dim: int = knob(32, help="language_model: character embedding size")
+    input_size: Optional[int] = knob(None, help="classification: values per step; null: from the fitted "
+                                                "preprocessor")
+    num_classes: Optional[int] = knob(None, help="classification: classes; null: from the fitted preprocessor")
+    vocab_size: Optional[int] = knob(None, help="language_model: characters; null: from the fitted preprocessor")
 
     def problems(self) -> Iterator[tuple[str, str]]:
         for name in ("hidden_size", "num_layers", "embed_dim", "input_size", "num_classes", "vocab_size"):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distdl.preprocessors import tokenized
-from distdl.specbase import check
+from distdl.specbase import check, knob
 
 if TYPE_CHECKING:
     import transformers
@@ -34,18 +34,21 @@ TINY_BERT = {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_s
 
 @dataclass
 class TransformerConfig:
-    task: Literal["classify", "embed"] = "classify"
-    pretrained: Optional[str] = None  # local Hugging Face model folder; null: a BERT built from the sizes below
-    num_classes: Optional[int] = None  # classify; null: from the data
-    # From-config BERT only (pretrained: null); null: the TINY_BERT size.
-    hidden_size: Optional[int] = None
-    num_layers: Optional[int] = None
-    num_heads: Optional[int] = None
-    intermediate_size: Optional[int] = None
-    dropout: Optional[float] = None
-    normalize: bool = True  # embed: L2-normalize the mean-pooled vector (dot product = cosine)
-    # Filled in by distdl (the folder's config.json, or the BERT sizes): the checkpoint needs no folder.
-    hf_config: Optional[dict] = None
+    task: Literal["classify", "embed"] = knob("classify", help="`classify` (trainable) or `embed` (made by "
+                                                               "`distdl import`, never trained)")
+    pretrained: Optional[str] = knob(None, help="local Hugging Face model folder (config.json, safetensors, "
+                                                "tokenizer); null: a BERT built from the sizes below")
+    num_classes: Optional[int] = knob(None, help="classify: classes; null: from the data")
+    hidden_size: Optional[int] = knob(None, help=f"from-config BERT only; null: {TINY_BERT['hidden_size']}")
+    num_layers: Optional[int] = knob(None, help=f"from-config BERT only; null: {TINY_BERT['num_layers']}")
+    num_heads: Optional[int] = knob(None, help=f"from-config BERT only; null: {TINY_BERT['num_heads']}")
+    intermediate_size: Optional[int] = knob(None, help="from-config BERT only: feed-forward width; null: "
+                                                       f"{TINY_BERT['intermediate_size']}")
+    dropout: Optional[float] = knob(None, help="from-config BERT only: hidden and attention dropout; null: "
+                                               f"{TINY_BERT['dropout']}")
+    normalize: bool = knob(True, help="embed: L2-normalize the mean-pooled vector (a dot product is the cosine)")
+    hf_config: Optional[dict] = knob(None, help="filled in by distdl (the folder's config.json, or the BERT sizes) "
+                                                "so the checkpoint rebuilds the model without the folder; leave unset")
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.pretrained is not None and self.hf_config is None:  # a completed config no longer reads the folder

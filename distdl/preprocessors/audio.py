@@ -14,7 +14,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-from distdl.specbase import check
+from distdl.specbase import check, knob
 
 LOG_FLOOR = 1e-6  # keeps log() finite on digital silence
 
@@ -22,12 +22,12 @@ LOG_FLOOR = 1e-6  # keeps log() finite on digital silence
 @dataclass
 class AudioSpec:
     """The ``preprocess.audio`` section (rnn family, ``preprocess.input: audio``)."""
-    sample_rate: int = 16000  # every file is resampled to this rate
-    features: Literal["logmel", "mfcc"] = "logmel"
-    n_mels: int = 40  # mel filters
-    n_mfcc: int = 13  # mfcc only: cepstral coefficients kept (<= n_mels)
-    frame_ms: float = 25.0
-    hop_ms: float = 10.0
+    sample_rate: int = knob(16000, help="every file is resampled to this rate (Hz)")
+    features: Literal["logmel", "mfcc"] = knob("logmel", help="log-mel energies, or MFCCs (their DCT)")
+    n_mels: int = knob(40, help="mel filters")
+    n_mfcc: int = knob(13, help="mfcc only: cepstral coefficients kept (at most n_mels)")
+    frame_ms: float = knob(25.0, help="length of one analysis frame (a Hann window)")
+    hop_ms: float = knob(10.0, help="step between frames")
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from check(1000 <= self.sample_rate <= 192000, "sample_rate", f"must be in [1000, 192000], got {self.sample_rate}")

@@ -8,7 +8,7 @@ and saved as JSON in every checkpoint.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Literal, Optional
 
 import numpy as np
@@ -18,18 +18,19 @@ import ray.data
 from distdl.paths import read_bytes
 from distdl.preprocessors import audio
 from distdl.preprocessors.base import BadInputError, JsonState, fit_classes, ragged, require_column, transform, where
-from distdl.specbase import check
+from distdl.specbase import check, knob
 
 
 @dataclass
 class SequencePreprocessSpec:
     """The spec's ``preprocess`` section for the rnn family."""
-    input: Literal["sequence", "audio"] = "sequence"  # classification rows: numbers, or wav files
-    normalize: bool = True  # subtract the per-feature mean, divide by the std (fitted)
-    max_length: int = 4096  # longest row accepted (steps, audio frames, prompt characters)
-    fit_rows: int = 1024  # rows decoded on the driver to fit mean/std
-    block_size: int = 128  # language_model: characters per training window
-    audio: audio.AudioSpec = field(default_factory=audio.AudioSpec)  # input: audio only
+    input: Literal["sequence", "audio"] = knob("sequence", help="classification rows: lists of numbers, or wav "
+                                                                "files (bytes or paths)")
+    normalize: bool = knob(True, help="subtract the per-feature mean, divide by the std (fitted on `fit_rows` rows)")
+    max_length: int = knob(4096, help="longest row accepted (steps, audio frames, prompt characters)")
+    fit_rows: int = knob(1024, help="rows decoded on the driver to fit mean/std")
+    block_size: int = knob(128, help="language_model: characters per training window")
+    audio: audio.AudioSpec = knob(factory=audio.AudioSpec, help="`input: audio` only: how wav files become frames")
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from check(self.max_length >= 1, "max_length", f"must be >= 1, got {self.max_length}")

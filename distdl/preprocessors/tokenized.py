@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 import ray.data
 
 from distdl.preprocessors.base import BadInputError, fit_classes, require_column, transform
-from distdl.specbase import check
+from distdl.specbase import check, knob
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # a fitted vocabulary starts with these (pad = 0)
 
@@ -42,12 +42,14 @@ def local_dir_problems(value: Optional[str], field: str) -> Iterator[tuple[str, 
 @dataclass
 class TextPreprocessSpec:
     """The spec's ``preprocess`` section for the transformer family."""
-    tokenizer: Optional[str] = None  # local tokenizer folder; null: model.pretrained, else fit a vocabulary
-    max_length: int = 128  # tokens per text, [CLS] and [SEP] included
-    truncate: bool = True  # longer texts: cut to max_length (true) or a bad-row error (false)
-    vocab_size: int = 2000  # fitting only: vocabulary size (at least every character seen is kept)
-    lowercase: bool = True  # fitting only
-    fit_rows: int = 10000  # fitting only: training rows the vocabulary is fitted on
+    tokenizer: Optional[str] = knob(None, help="local tokenizer folder; null: `model.pretrained`'s, else a "
+                                               "vocabulary fitted on the training texts")
+    max_length: int = knob(128, help="tokens per text, [CLS] and [SEP] included (at most the model's positions)")
+    truncate: bool = knob(True, help="a longer text is cut to max_length (true) or is a bad row (false)")
+    vocab_size: int = knob(2000, help="fitting only: vocabulary size (every character seen is kept, then the "
+                                      "most frequent words)")
+    lowercase: bool = knob(True, help="fitting only: the fitted tokenizer lowercases every text")
+    fit_rows: int = knob(10000, help="fitting only: training rows the vocabulary is fitted on")
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from local_dir_problems(self.tokenizer, "tokenizer")

@@ -25,10 +25,10 @@ that, which is what millions of rows would see (from a second (b) run on the fir
 rows), and from these the input size from which (b) would be as fast as (a) overall.
 
     .venv/bin/python benchmarks/score_throughput.py              # 20k rows
-    .venv/bin/python benchmarks/score_throughput.py --rows 1000  # a quick smoke run
     .venv/bin/python benchmarks/score_throughput.py --model minilm --rows 4000
     .venv/bin/python benchmarks/score_throughput.py --model tiny-cnn --rows 100000
     .venv/bin/python benchmarks/score_throughput.py --rows 100000 --gpus 1 --gpus 0.25
+    .venv/bin/python benchmarks/score_throughput.py --smoke      # every model on 100 rows
 
 With ``--gpus G`` the loops run the model on the GPU and (b)'s actors take G GPUs each (one
 (b) run per value: 0.25 lets four actors decode rows for one GPU); the bound is then the
@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
+from common import parse_args
 from torch.utils.flop_counter import FlopCounterMode
 
 from distdl import checkpoint, importer, models, runtime, score, tasks
@@ -58,6 +59,8 @@ from distdl.predict import Predictor
 from distdl.preprocessors.image import ImagePreprocessor
 
 SIZE, CLASSES, BATCH = 32, 10, 256
+MATMUL_N = {"cpu": 2048, "cuda": 8192}  # large enough to reach the device's peak
+SMOKE = {"rows": 100}
 
 
 def write_images(root: Path, rows: int, cfg: CNNConfig) -> tuple[str, str]:
@@ -95,8 +98,8 @@ INPUTS = {"resnet18": partial(write_images, cfg=CNNConfig(arch="resnet18", in_ch
 
 def raw_batches(path: str, column: str, limit: int | None = None):
     """The input column as numpy, BATCH rows at a time, in the form Ray Data hands (b)'s actors
-    (an object array of per-row arrays or strings). Through Python lists (``to_pylist``) this
-    took 110 us of a row's 260 before the model, which capped (a) at ~3,800 rows/s on a GPU."""
+    (an object array of per-row arrays or strings). Not through Python lists (``to_pylist``):
+    on a GPU those cost a row more than the model does."""
     for i, batch in enumerate(pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=[column])):
         if limit is not None and i >= limit:
             return
@@ -139,9 +142,8 @@ def flops_per_row(ckpt: str, path: str) -> float:
     return counter.get_total_flops() / n
 
 
-def matmul_flops(device: str) -> float:
+def matmul_flops(device: str, n: int) -> float:
     torch.set_num_threads(os.cpu_count())
-    n = 2048 if device == "cpu" else 8192  # large enough to reach the device's peak
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
     best = float("inf")
@@ -157,8 +159,8 @@ def matmul_flops(device: str) -> float:
 
 def startup_and_rate(small: tuple[int, float], full: tuple[int, float]) -> tuple[float, float]:
     """(b)'s fixed start-up and its rate once started, from (rows, seconds) of two runs of
-    different sizes: seconds = start-up + rows / rate. (When its output parts were committed
-    says less: on 2 cores Ray starts the writes late, and parts land in a rush at the end.)"""
+    different sizes: seconds = start-up + rows / rate. (Not from when its output parts were
+    committed: on few cores Ray starts the writes late, and parts land in a rush at the end.)"""
     (n1, t1), (n2, t2) = small, full
     rate = (n2 - n1) / (t2 - t1) if t2 > t1 else float("nan")
     return t1 - n1 / rate, rate
@@ -172,8 +174,8 @@ def rows_to_catch_up(startup: float, steady: float, plain: float) -> float | Non
 
 def actor_pool(gpus: float) -> score.Resources:
     """(b)'s pool: the default, but with fractional GPUs one that starts full (--min-actors):
-    Ray Data adds actors only as its queue grows, and on an H200 a 100k-row run with
-    --gpus 0.25 ended with the one actor it started with."""
+    Ray Data adds actors only as its queue grows, so a run could end with the one actor it
+    started with."""
     if not gpus:
         return score.Resources(batch_size=BATCH)
     return score.Resources(batch_size=BATCH, gpus=gpus, min_actors=max(1, int(torch.cuda.device_count() / gpus)))
@@ -181,8 +183,8 @@ def actor_pool(gpus: float) -> score.Resources:
 
 def wait_until_released() -> None:
     """Until the last run's actors have given their CPUs and GPUs back (at most 30 s): Ray Data
-    stops them after the run returns, and on an H200 the next run's GPU actor started 4.8 s
-    late while one still held the GPU, which would count as (b)'s start-up."""
+    stops them after the run returns, and an actor still holding the GPU would delay the next
+    run's, which would count as (b)'s start-up."""
     for _ in range(300):
         free, total = ray.available_resources(), ray.cluster_resources()
         if all(free.get(r, 0.0) >= total.get(r, 0.0) for r in ("CPU", "GPU")):
@@ -202,15 +204,22 @@ def main() -> None:
     parser.add_argument("--gpus", type=float, action="append",
                         help="GPUs per scoring actor, one (b) run per value (e.g. --gpus 1 --gpus 0.25); "
                              "the loops then run on cuda")
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     gpus = args.gpus or [0.0]
     device = "cuda" if any(gpus) else "cpu"
+    matmul = matmul_flops(device, 256 if args.smoke else MATMUL_N[device])
+    for model in sorted(INPUTS) if args.smoke else [args.model]:
+        bench(model, args.rows, gpus, device, matmul)
+
+
+def bench(model: str, rows: int, gpus: list[float], device: str, matmul: float) -> None:
+    """(a), (a') and one (b) per value of ``gpus``, each result printed as it comes (a run of
+    millions of rows takes minutes)."""
     with tempfile.TemporaryDirectory(prefix="distdl-score-bench-") as tmp:
-        ckpt, path = INPUTS[args.model](Path(tmp), args.rows)
-        bound = matmul_flops(device) / flops_per_row(ckpt, path)  # rows/s if every FLOP ran at matmul speed
+        ckpt, path = INPUTS[model](Path(tmp), rows)
+        bound = matmul / flops_per_row(ckpt, path)  # rows/s if every FLOP ran at matmul speed
         where = torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} cores"
-        # Each result is printed as it comes: a run of millions of rows takes minutes.
-        print(f"compute bound: {bound:,.0f} rows/s ({where})", flush=True)
+        print(f"{model}, {rows:,} rows: compute bound {bound:,.0f} rows/s ({where})", flush=True)
         plain = plain_loop(ckpt, path, device)
         print(f"(a) plain loop:       {plain:,.0f} rows/s  ({plain / bound:.1%} of bound)", flush=True)
         in_process = predictor_loop(ckpt, path, device)
@@ -218,13 +227,12 @@ def main() -> None:
         runtime.connect()
         runtime.quiet_data_progress()
         small = str(Path(tmp) / "first-fifth.parquet")  # (b) on a fifth of the rows too: its start-up
-        first = next(pq.ParquetFile(path).iter_batches(batch_size=args.rows // 5))  # decodes only those rows
+        first = next(pq.ParquetFile(path).iter_batches(batch_size=rows // 5))  # decodes only those rows
         pq.write_table(pa.Table.from_batches([first]), small, row_group_size=2048)
         for per_actor in gpus:
             pool = actor_pool(per_actor)
-            # The full input first, as before the split existed: the first run in a Ray session
-            # also starts Ray Data's own actors, as every `distdl score` command does (on 2 cores
-            # within the noise: three runs in one session, 6.8, 7.3, 6.6 s).
+            # The full input first: the first run in a Ray session also starts Ray Data's own
+            # actors, as every `distdl score` command does.
             runs = []
             for given in (path, small):
                 wait_until_released()
@@ -232,7 +240,7 @@ def main() -> None:
             full, fifth = runs
             report(per_actor, full.rows_this_run / full.seconds, plain, in_process, bound,
                    *startup_and_rate(*((r.rows_this_run, r.seconds) for r in (fifth, full))))
-    print(f"(a')/(a): {in_process / plain:.2f}")
+    print(f"(a')/(a): {in_process / plain:.2f}\n", flush=True)
 
 
 def report(per_actor: float, rate: float, plain: float, in_process: float, bound: float, startup: float,
@@ -241,7 +249,7 @@ def report(per_actor: float, rate: float, plain: float, in_process: float, bound
     label = f"(b) distdl score{f', {per_actor:g} GPU per actor' if per_actor else ''}:"
     print(f"{label:<22}{rate:,.0f} rows/s  ({rate / bound:.1%} of bound; includes Ray start-up "
           f"of actors and the manifest/identity hash)")
-    print(f"    ratio (b)/(a): {rate / plain:.2f}   (b)/(a'): {rate / in_process:.2f}")
+    print(f"    ratio (b)/(a): {rate / plain:.3g}   (b)/(a'): {rate / in_process:.3g}")
     catch_up = rows_to_catch_up(startup, steady, plain)
     print(f"    start-up {startup:.1f} s, then {steady:,.0f} rows/s (ratio to (a) once started: {steady / plain:.2f}; "
           + (f"(b) matches (a) from ~{catch_up:,.0f} rows)" if catch_up else "never as fast as (a))"), flush=True)

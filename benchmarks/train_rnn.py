@@ -11,19 +11,18 @@ CharPreprocessor) with the same global batch (32 windows), optimizer (AdamW), ob
   (c) ``distdl.train.run`` on an embedded local Ray, reading the text file through Ray Data.
 
 The baselines run in fresh processes with OMP_NUM_THREADS set as Ray sets it for its
-workers (see ``baseline``). Samples are predicted characters (tokens). Only steady state is timed: the baselines run a
-few untimed steps first; for distdl the first epoch is left out and the per-epoch
-``samples_per_s`` its loop logs (training pass only) is averaged.
+workers (see ``baseline``). Samples are predicted characters (tokens). Only steady state is
+timed: the baselines run a few untimed steps first; for distdl the first epoch is left out and
+the per-epoch ``samples_per_s`` its loop logs (training pass only) is averaged.
 
-    .venv/bin/python benchmarks/train_rnn.py                 # ~3 minutes on 2 cores
+    .venv/bin/python benchmarks/train_rnn.py                 # about 4 minutes on 2 cores
     .venv/bin/python benchmarks/train_rnn.py --workers 1 --threads 2
+    .venv/bin/python benchmarks/train_rnn.py --smoke         # every setup on 200 sentences
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,21 +30,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from common import distdl_steady, parse_args, spawn_ranks
 from torch.nn.parallel import DistributedDataParallel
 
-from distdl import checkpoint, models, runtime, train
+from distdl import models, runtime
 from distdl.collate import to_tensors
 from distdl.demo_data import sentences
 from distdl.loop import make_optimizer
 from distdl.models.rnn import RNNConfig
 from distdl.preprocessors import text
-from distdl.spec import parse
+from distdl.spec import JobSpec, parse
 from distdl.tasks.language_model import LanguageModel
-from train_throughput import spawn_ranks  # this folder is on sys.path when the script runs
 
 BLOCK, BATCH, WARMUP_STEPS = 64, 32, 3
 MODEL = {"arch": "lstm", "task": "language_model", "hidden_size": 128, "embed_dim": 32}
 OPTIMIZER = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0}
+SMOKE = {"rows": 200, "val_rows": 50, "epochs": 1}
 
 
 def windows(lines: list[str]) -> tuple[text.CharPreprocessor, dict[str, torch.Tensor]]:
@@ -82,31 +82,21 @@ def new_model(pre: text.CharPreprocessor) -> torch.nn.Module:
     return models.build_model("rnn", models.complete_config("rnn", RNNConfig(**MODEL), pre))
 
 
-def _rank(rank: int, world: int, port: int, threads: int, lines: list[str], epochs: int, use_ddp: bool, out) -> None:
-    torch.set_num_threads(threads)
+def train_rank(rank: int, world: int, lines: list[str], epochs: int, use_ddp: bool) -> float:
     pre, data = windows(lines)
     model = new_model(pre)
-    if use_ddp:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-        model = DistributedDataParallel(model)
-    try:
-        rate = timed_steps(model, LanguageModel(pre), data, epochs, rank, world)
-        if rank == 0:
-            out.put(rate)
-    finally:
-        if use_ddp:
-            dist.destroy_process_group()
+    return timed_steps(DistributedDataParallel(model) if use_ddp else model, LanguageModel(pre), data, epochs,
+                       rank, world)
 
 
 def baseline(world: int, threads: int, lines: list[str], epochs: int, use_ddp: bool) -> float:
     """Tokens/s of ``world`` fresh processes started with OMP_NUM_THREADS=threads, as Ray starts
-    its workers: OpenMP sizes its pool at start-up, and a process that only lowers torch's
-    thread count later measured 5.9k vs 13.6k tokens/s here (on a heavily loaded machine)."""
+    its workers: OpenMP sizes its pool at start-up, and lowering torch's thread count later
+    leaves the larger pool spinning (for this small LSTM, half the throughput or less)."""
     previous = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
-        return spawn_ranks(_rank, world, threads, lines, epochs, use_ddp)
+        return spawn_ranks(train_rank, world, threads, lines, epochs, use_ddp, process_group=use_ddp)
     finally:  # the embedded Ray started later must not inherit it
         if previous is None:
             del os.environ["OMP_NUM_THREADS"]
@@ -114,19 +104,14 @@ def baseline(world: int, threads: int, lines: list[str], epochs: int, use_ddp: b
             os.environ["OMP_NUM_THREADS"] = previous
 
 
-def with_distdl(folder: Path, epochs: int, workers: int, threads: int) -> tuple[float, float]:
-    """Mean samples/s and ingest wait share of the epochs after the first."""
-    spec = parse({
+def distdl_spec(folder: Path, epochs: int, workers: int, threads: int) -> JobSpec:
+    return parse({
         "name": "bench_lm", "storage": str(folder / "runs"),
         "data": {"train": str(folder / "train.txt"), "val": str(folder / "val.txt"), "format": "text"},
         "model": {"family": "rnn", **MODEL}, "preprocess": {"block_size": BLOCK},
         "train": {"epochs": epochs + 1, "batch_size": BATCH, "schedule": "constant", **OPTIMIZER},
         "scaling": {"num_workers": workers, "threads_per_worker": threads},
     })
-    summary = train.run(spec)
-    lines = Path(checkpoint.join(summary.run_dir, checkpoint.METRICS)).read_text().splitlines()
-    steady = [json.loads(line) for line in lines][1:]
-    return statistics.mean(m["samples_per_s"] for m in steady), statistics.mean(m["ingest_wait_share"] for m in steady)
 
 
 def main() -> None:
@@ -135,7 +120,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs (distdl runs one more first)")
     parser.add_argument("--workers", type=int, default=2, help="DDP processes / distdl workers")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    args = parser.parse_args()
+    parser.add_argument("--val-rows", type=int, default=200, help="validation sentences (default: %(default)s)")
+    args = parse_args(parser, SMOKE)
     lines = sentences(args.rows, seed=0)
     a = baseline(1, args.workers * args.threads, lines, args.epochs, use_ddp=False)
     b = baseline(args.workers, args.threads, lines, args.epochs, use_ddp=True)
@@ -143,8 +129,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="distdl-bench-") as tmp:
         folder = Path(tmp)
         (folder / "train.txt").write_text("".join(f"{line}\n" for line in lines))
-        (folder / "val.txt").write_text("".join(f"{line}\n" for line in sentences(200, seed=1)))
-        c, wait = with_distdl(folder, args.epochs, args.workers, args.threads)
+        (folder / "val.txt").write_text("".join(f"{line}\n" for line in sentences(args.val_rows, seed=1)))
+        c, wait = distdl_steady(distdl_spec(folder, args.epochs, args.workers, args.threads))
     shape = f"{args.workers} x {args.threads}"
     print(f"\n{'setup':<24}{'workers x threads':>18}{'tokens/s':>11}{'ingest wait':>13}")
     print(f"{'(a) plain PyTorch':<24}{'1 x ' + str(args.workers * args.threads):>18}{a:>11.0f}{'-':>13}")

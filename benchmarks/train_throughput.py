@@ -18,16 +18,13 @@ distdl's step time spent waiting for the next batch.
 
 Run from the repository root, on an otherwise idle machine (the setups share its cores):
 
-    .venv/bin/python benchmarks/train_throughput.py            # ~5.5 minutes on 2 cores
-    .venv/bin/python benchmarks/train_throughput.py --rows 256 # a quick smoke run
+    .venv/bin/python benchmarks/train_throughput.py            # about 6 minutes on 2 cores
+    .venv/bin/python benchmarks/train_throughput.py --smoke    # every setup on 64 rows
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -37,11 +34,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from common import ddp_threads, distdl_steady, parse_args, spawn_ranks
 from torch.nn.parallel import DistributedDataParallel
 
-from distdl import checkpoint, runtime, train
+from distdl import runtime
 from distdl.layout import Cluster, Layout, resolve
 from distdl.loop import make_optimizer
 from distdl.models.cnn import CNNConfig, build
@@ -51,8 +48,8 @@ SIZE, CHANNELS, CLASSES, BATCH = 32, 3, 10, 64
 OPTIMIZER = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0}  # distdl's spec keys, shared by all setups
 FIT_ROWS = 512  # rows distdl fits mean/std on; the baselines use the same rows
 WARMUP_STEPS = 3
-VAL_ROWS = 256
 ROWS_PER_FILE = 256  # several parquet files, so Ray Data has blocks to spread over workers
+SMOKE = {"rows": BATCH, "epochs": 2, "val_rows": BATCH}
 
 
 # ---- data --------------------------------------------------------------------------------
@@ -125,35 +122,12 @@ def plain(x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
     return measure(new_model(), x, y, epochs)
 
 
-def ddp_threads(world: int) -> int:
-    return max(1, os.cpu_count() // world)  # no oversubscription of the cores
-
-
-def _ddp_rank(rank: int, world: int, port: int, x: torch.Tensor, y: torch.Tensor, epochs: int, out) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(ddp_threads(world))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        rate = measure(DistributedDataParallel(new_model()), x, y, epochs, rank, world)
-        if rank == 0:
-            out.put(rate)
-    finally:
-        dist.destroy_process_group()
-
-
-def spawn_ranks(rank_fn, world: int, *args) -> float:
-    """Run ``rank_fn(rank, world, port, *args, out)`` in ``world`` spawned processes; returns
-    what rank 0 puts in ``out``. (benchmarks/train_rnn.py uses it too.)"""
-    with socket.socket() as s:  # a free port for the rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(rank_fn, args=(world, port, *args, out), nprocs=world)
-    return out.get()
+def ddp_rank(rank: int, world: int, x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
+    return measure(DistributedDataParallel(new_model()), x, y, epochs, rank, world)
 
 
 def ddp(x: torch.Tensor, y: torch.Tensor, epochs: int, world: int) -> float:
-    return spawn_ranks(_ddp_rank, world, x, y, epochs)
+    return spawn_ranks(ddp_rank, world, ddp_threads(world), x, y, epochs)
 
 
 # ---- distdl (c) --------------------------------------------------------------------------
@@ -167,15 +141,6 @@ def distdl_spec(name: str, folder: Path, epochs: int, workers: int | str) -> Job
         "train": {"epochs": epochs, "batch_size": BATCH, "schedule": "constant", "shuffle": True, **OPTIMIZER},
         "scaling": {"num_workers": workers},
     })
-
-
-def distdl_steady(spec: JobSpec) -> tuple[float, float]:
-    """Mean samples/s and ingest wait share of the epochs after the first (the first pays for start-up)."""
-    summary = train.run(spec)
-    lines = Path(checkpoint.join(summary.run_dir, checkpoint.METRICS)).read_text().splitlines()
-    steady = [json.loads(line) for line in lines][1:]
-    return (statistics.mean(m["samples_per_s"] for m in steady),
-            statistics.mean(m["ingest_wait_share"] for m in steady))
 
 
 # ---- report ------------------------------------------------------------------------------
@@ -202,7 +167,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2,
                         help="distdl epochs, >= 2; the first is warm-up, the baselines time epochs - 1 "
                              "(default: %(default)s)")
-    args = parser.parse_args()
+    parser.add_argument("--val-rows", type=int, default=256, help="validation rows (default: %(default)s)")
+    args = parse_args(parser, SMOKE)
     if args.epochs < 2 or args.rows < BATCH:
         parser.error(f"need --epochs >= 2 and --rows >= {BATCH}")
     images, labels = synthetic(args.rows, seed=0)
@@ -212,7 +178,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="distdl-bench-") as tmp:
         folder = Path(tmp)
         write_parquet(folder / "train", images, labels)
-        write_parquet(folder / "val", *synthetic(VAL_ROWS, seed=1))
+        write_parquet(folder / "val", *synthetic(args.val_rows, seed=1))
         specs = {"auto": distdl_spec("bench_auto", folder, args.epochs, "auto"),
                  "2 workers": distdl_spec("bench_2w", folder, args.epochs, 2)}
         layouts = {key: resolve(spec.scaling, Cluster.current()) for key, spec in specs.items()}

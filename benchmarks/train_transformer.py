@@ -9,13 +9,14 @@ Both train the same from-config BERT (jobs/transformer_text.yaml's size: hidden 
   (c) ``distdl.train.run`` on an embedded local Ray with ``scaling.num_workers: auto``
       (one worker with every core on a CPU machine: plain PyTorch is then also the DDP
       baseline, as one-process DDP does no all-reduce), reading the rows as parquet and
-      tokenizing them in Ray Data.
+      tokenizing them in Ray Data every epoch, or with ``--cache`` (``train.cache``) once.
 
 Only steady-state training is timed: (a) after a few warm-up steps, (c) as the mean of the
 per-epoch ``samples_per_s`` its loop logs, leaving out the first epoch (start-up).
 
-    .venv/bin/python benchmarks/train_transformer.py             # ~2-3 minutes on 2 cores
-    .venv/bin/python benchmarks/train_transformer.py --rows 512  # a quick smoke run
+    .venv/bin/python benchmarks/train_transformer.py --cache     # about 1 minute on 2 cores
+    .venv/bin/python benchmarks/train_transformer.py             # about 2 minutes on 2 cores
+    .venv/bin/python benchmarks/train_transformer.py --smoke     # (a) and (c) both ways, on 64 rows
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from common import distdl_steady, parse_args
 
 from distdl import models, runtime, tasks
 from distdl.collate import to_tensors
@@ -38,13 +40,12 @@ from distdl.loop import make_optimizer
 from distdl.models.transformer import TransformerConfig
 from distdl.preprocessors import tokenized
 from distdl.spec import JobSpec, parse
-from train_throughput import distdl_steady  # the sibling benchmark's steady-state reading of a distdl run
 
 BATCH, MAX_LENGTH, VOCAB = 32, 32, 500
 MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 2}
 OPTIMIZER = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.0}
 WARMUP_STEPS = 3
-VAL_ROWS = 256
+SMOKE = {"rows": 64, "epochs": 2, "val_rows": 64}
 
 
 def sentences(rows: int, seed: int) -> tuple[list[str], list[str]]:
@@ -93,7 +94,7 @@ def plain(texts: list[str], labels: list[str], epochs: int) -> float:
 # ---- (c) distdl ----------------------------------------------------------------------------
 def distdl_spec(folder: Path, train_path: str, val_path: str, rows: int, epochs: int, cache: bool) -> JobSpec:
     return parse({
-        "name": "bench_transformer", "storage": str(folder / "runs"),
+        "name": f"bench_transformer{'_cache' if cache else ''}", "storage": str(folder / "runs"),
         "data": {"train": train_path, "val": val_path},
         "model": {"family": "transformer", **MODEL},
         "preprocess": {"max_length": MAX_LENGTH, "vocab_size": VOCAB, "fit_rows": rows},
@@ -109,24 +110,30 @@ def main() -> None:
                         help="distdl epochs, >= 2; the first is warm-up, plain PyTorch times epochs - 1 "
                              "(default: %(default)s)")
     parser.add_argument("--cache", action="store_true", help="distdl with train.cache: tokenize once, not every epoch")
-    args = parser.parse_args()
+    parser.add_argument("--val-rows", type=int, default=256, help="validation sentences (default: %(default)s)")
+    args = parse_args(parser, SMOKE)
     if args.epochs < 2 or args.rows < BATCH:
         parser.error(f"need --epochs >= 2 and --rows >= {BATCH}")
+    caches = [False, True] if args.smoke else [args.cache]
     texts, labels = sentences(args.rows, seed=0)
     runtime.connect()
     with tempfile.TemporaryDirectory(prefix="distdl-bench-") as tmp:
         folder = Path(tmp)
-        spec = distdl_spec(folder, write_parquet(folder / "train.parquet", texts, labels),
-                           write_parquet(folder / "val.parquet", *sentences(VAL_ROWS, seed=1)), args.rows, args.epochs,
-                           args.cache)
-        layout = resolve(spec.scaling, Cluster.current())
+        train_path = write_parquet(folder / "train.parquet", texts, labels)
+        val_path = write_parquet(folder / "val.parquet", *sentences(args.val_rows, seed=1))
+        specs = {cache: distdl_spec(folder, train_path, val_path, args.rows, args.epochs, cache) for cache in caches}
+        layout = resolve(specs[caches[0]].scaling, Cluster.current())
         a = plain(texts, labels, args.epochs - 1)  # first, while Ray is idle
         print(f"(a) plain PyTorch: {a:.1f} samples/s", flush=True)
-        c, wait = distdl_steady(spec)
+        c = {cache: distdl_steady(spec) for cache, spec in specs.items()}
     print(f"\n{'setup':<24}{'workers x threads':>18}{'samples/s':>11}{'ingest wait':>13}")
     print(f"{'(a) plain PyTorch':<24}{f'1 x {os.cpu_count()}':>18}{a:>11.1f}{'-':>13}")
-    print(f"{'(c) distdl, auto' + (', cache' if args.cache else ''):<24}{f'{layout.num_workers} x {layout.threads_per_worker}':>18}{c:>11.1f}{wait:>13.1%}")
-    print(f"\n(c) / (a) = {c / a:.3f}")
+    shape = f"{layout.num_workers} x {layout.threads_per_worker}"
+    for cache, (rate, wait) in c.items():
+        print(f"{'(c) distdl, auto' + (', cache' if cache else ''):<24}{shape:>18}{rate:>11.1f}{wait:>13.1%}")
+    print()
+    for cache, (rate, _) in c.items():
+        print(f"(c{', cache' if cache else ''}) / (a) = {rate / a:.3f}")
 
 
 if __name__ == "__main__":

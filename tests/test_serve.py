@@ -32,6 +32,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from PIL import Image
 from ray import serve
+import loadgen
 from serve_app import KEY_ENV, App, free_port, wait_for
 from serve_families import (  # noqa: F401 (the tests: collected here, so they run against this module's app)
     family_checkpoints, test_bad_input_to_any_family_gets_a_4xx_naming_the_item,
@@ -41,7 +42,7 @@ from serve_families import (  # noqa: F401 (the tests: collected here, so they r
     test_texts_are_classified_and_embedded_as_offline, test_wav_clips_are_classified_as_offline_in_every_encoding)
 from test_predict import tiny_checkpoint
 
-from distdl import checkpoint, loadgen, score
+from distdl import checkpoint, score
 from distdl import serve as distdl_serve
 from distdl.serve.api import ROUTES
 from distdl.serve.model import ModelServer

@@ -1,4 +1,5 @@
-"""A bounded closed-loop HTTP load generator for a served model (serve tests, benchmarks).
+"""A bounded closed-loop HTTP load generator for a served model (benchmarks/serve_throughput.py,
+tests/test_serve.py).
 
 Each of ``concurrency`` threads keeps one keep-alive connection (stdlib http.client) and
 sends the same request again as soon as the last one is answered, until ``seconds`` pass.

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import ray
 import ray.data
 
+from distdl.logs import say
 from distdl.paths import is_uri
 
 TRAIN_POLL_INTERVAL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
@@ -40,6 +41,21 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> No
         _embedded = True
 
 
+@contextmanager
+def session(address: Optional[str] = None) -> Iterator[None]:
+    """connect() for one command. A Ray it started is shut down before the block ends, so that
+    what Ray prints while stopping goes where the command's output goes (logs.capture)."""
+    global _embedded
+    started = not ray.is_initialized()
+    connect(address)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+            _embedded = False
+
+
 def is_embedded() -> bool:
     """Whether this process runs the embedded local Ray that connect() started (it can never gain a node)."""
     return _embedded
@@ -53,9 +69,9 @@ def warn_if_not_shared(paths: dict[str, Optional[str]]) -> None:
     local = [f"{name}={path}" for name, path in paths.items() if path and not is_uri(path)]
     nodes = sum(1 for node in ray.nodes() if node["Alive"])
     if local and nodes > 1:
-        print(f"[distdl] warning: this Ray cluster has {nodes} nodes and {', '.join(local)} "
-              f"{'is a local path' if len(local) == 1 else 'are local paths'}: every node must see the same "
-              "files there (NFS or a shared volume); otherwise use s3:// or gs://", file=sys.stderr, flush=True)
+        say(f"[distdl] warning: this Ray cluster has {nodes} nodes and {', '.join(local)} "
+            f"{'is a local path' if len(local) == 1 else 'are local paths'}: every node must see the same "
+            "files there (NFS or a shared volume); otherwise use s3:// or gs://", err=True)
 
 
 def unplaceable(wanted: dict[str, tuple[str, float]], nodes: list[dict[str, float]], what: str) -> str | None:
@@ -85,8 +101,7 @@ def refuse_or_announce(reason: str | None, never: str, waiting: str) -> bool:
     if reason and _embedded:
         raise ValueError(f"{reason}: {never}")
     if reason:
-        print(f"[distdl] warning: {reason}; {waiting} (an autoscaler adding one); Ctrl-C stops",
-              file=sys.stderr, flush=True)
+        say(f"[distdl] warning: {reason}; {waiting} (an autoscaler adding one); Ctrl-C stops", err=True)
     return reason is not None
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -21,7 +21,8 @@ import pyarrow.fs
 import ray
 import ray.data
 
-from distdl import checkpoint, data, models, runtime, score_output, tasks
+from distdl import checkpoint, data, models, progress, runtime, score_output, tasks
+from distdl.logs import say
 from distdl.paths import filesystem, is_uri
 from distdl.predict import Predictor, input_column, output_types
 from distdl.preprocessors.base import require_column
@@ -80,8 +81,8 @@ class Resources:
                    or runtime.refuse_or_announce(self._no_cpu_for_reading(), "the job would wait forever; lower "
                                                  "--cpus or --min-actors", "reading waits until a node joins"))
         if waiting and not self.max_actors:
-            print(f"[distdl] warning: the pool is sized from the nodes alive now: {self.max_size()} actor(s); "
-                  "--max-actors N lets it grow as nodes join", file=sys.stderr, flush=True)
+            say(f"[distdl] warning: the pool is sized from the nodes alive now: {self.max_size()} actor(s); "
+                "--max-actors N lets it grow as nodes join", err=True)
 
     def _no_cpu_for_reading(self) -> str | None:
         """The pool's first actors start before any input is read. When they reserve every CPU,
@@ -153,13 +154,13 @@ class Summary:
     output: str
     error_examples: list[str] = field(default_factory=list)  # the first few reasons, each naming its row
 
-    def describe(self) -> str:
+    def describe(self, log: Optional[Path] = None) -> str:
         rate = self.rows_this_run / self.seconds if self.seconds else 0.0
         examples = "".join(f"  e.g. {error}\n" for error in self.error_examples)
         where = "  (each row's reason is in the output's error column)\n" if examples else ""
         return (f"rows in: {self.rows_in}  rows scored: {self.rows_scored}  rows with errors: "
                 f"{self.rows_with_errors}  ({self.rows_this_run} this run, {rate:,.0f} rows/s)\n"
-                f"{examples}{where}output: {self.output}")
+                f"{examples}{where}output: {self.output}" + (f"\nlog:    {log}" if log else ""))
 
 
 def score(checkpoint_path: str, input_path: str, output_path: str, resources: Resources = Resources(),
@@ -179,7 +180,11 @@ def score(checkpoint_path: str, input_path: str, output_path: str, resources: Re
     require_column(raw, input_column(checkpoint_path), "input")
     if id_column:
         require_column(raw, id_column, "--id-column")
-    return _run(checkpoint_path, raw, output_path, resources, id_column, overwrite, options or {})
+    # The progress bar's total, where parquet footers tell it (read again: data.read keeps its count).
+    fmt = data.infer_format(input_path) if fmt == "auto" else fmt
+    footers = data.check_readable(input_path, fmt) if progress.shown() else None
+    return _run(checkpoint_path, raw, output_path, resources, id_column, overwrite, options or {},
+                sum(footers) if footers is not None else None)
 
 
 def check_generative(checkpoint_path: str, count: int, seed: int) -> None:
@@ -199,11 +204,12 @@ def generate(checkpoint_path: str, count: int, output_path: str, resources: Reso
     same images whatever the actors or batches, and a killed job resumes by id."""
     check_generative(checkpoint_path, count, seed)
     resources.check_fits()
-    return _run(checkpoint_path, ray.data.range(count), output_path, resources, "id", overwrite, {"seed": seed})
+    return _run(checkpoint_path, ray.data.range(count), output_path, resources, "id", overwrite, {"seed": seed}, count)
 
 
 def _run(checkpoint_path: str, raw: ray.data.Dataset, output_path: str, resources: Resources,
-         id_column: str | None, overwrite: bool, options: dict) -> Summary:
+         id_column: str | None, overwrite: bool, options: dict, rows: int | None) -> Summary:
+    """``rows``: the input's rows where known without reading it (None: the progress bar has no total)."""
     started = time.perf_counter()
     output_path = output_path if is_uri(output_path) else str(Path(output_path).absolute())  # Ray needs absolute
     id_column = id_column or next((c for c in ("id", "path") if c in raw.columns()), None)
@@ -213,12 +219,13 @@ def _run(checkpoint_path: str, raw: ray.data.Dataset, output_path: str, resource
     if done is None:  # this checkpoint already scored everything here
         return _summarize(raw.count(), output_path, 0, time.perf_counter() - started)
     if done:
-        print(f"[distdl] resuming: {len(done)} rows already scored in {output_path}", flush=True)
+        say(f"[distdl] resuming: {len(done)} rows already scored in {output_path}")
     scored = scoring_pipeline(checkpoint_path, raw, resources, id_column, done, options)
     sink = score_output.PartSink(output_path, manifest["id_column"], output_types(checkpoint_path),
                                  resources.rows_per_file, ids_from_content=id_column is None)
     try:
-        scored.write_datasink(sink)
+        with progress.following("score", "row", rows, len(done), score_output.CommittedRows(output_path)):
+            scored.write_datasink(sink)
     except ray.exceptions.RayError as exc:  # the reason, not Ray's traceback of the actor that died of it
         raise ScoringError(f"scoring failed: {runtime.root_cause(exc)}") from exc
     score_output.write_manifest(output_path, {**manifest, "complete": True})

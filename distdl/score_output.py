@@ -93,6 +93,23 @@ def _parts(output_path: str) -> tuple[pyarrow.fs.FileSystem, list[str]]:
     return fs, sorted(i.path for i in infos if i.base_name.startswith(PART_PREFIX) and i.base_name.endswith(".parquet"))
 
 
+class CommittedRows:
+    """``CommittedRows(output)()``: the rows in the output's committed parts so far (its progress),
+    reading each part's footer once (a part rewritten by a retry keeps its name and rows)."""
+
+    def __init__(self, output_path: str):
+        self.output_path = output_path
+        self.rows: dict[str, int] = {}
+
+    def __call__(self) -> int:
+        fs, files = _parts(self.output_path)
+        for path in files:
+            if path not in self.rows:
+                with fs.open_input_file(path) as f:
+                    self.rows[path] = pq.ParquetFile(f).metadata.num_rows
+        return sum(self.rows.values())
+
+
 def _column(output_path: str, column: str) -> pa.ChunkedArray | None:
     fs, files = _parts(output_path)
     if not files:

@@ -7,8 +7,10 @@ splits the stream over workers -> loop.train_loop_per_worker pulls ``iter_torch_
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import ray
@@ -17,10 +19,11 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from distdl import checkpoint, data, models, runtime
+from distdl import checkpoint, data, models, progress, runtime
 from distdl.layout import Cluster, Layout, resolve, sized_from_live_nodes
+from distdl.logs import say
 from distdl.loop import StepHook, train_loop_per_worker
-from distdl.paths import filesystem
+from distdl.paths import filesystem, read_bytes
 from distdl.spec import JobSpec
 
 
@@ -40,11 +43,12 @@ class Summary:
     run_dir: str
     resumed_from: Optional[str]
 
-    def describe(self) -> str:
+    def describe(self, log: Optional[Path] = None) -> str:
         resumed = f" (resumed from {self.resumed_from})" if self.resumed_from else ""
         return (f"done: {self.epochs} epochs{resumed}, best {self.best_metric}={self.best_value:.4f} "
                 f"at epoch {self.best_epoch}, {self.samples_per_s:.0f} samples/s, wall {self.wall_s:.1f}s\n"
-                f"checkpoint: {self.checkpoint}\nmetrics:    {checkpoint.join(self.run_dir, checkpoint.METRICS)}")
+                f"checkpoint: {self.checkpoint}\nmetrics:    {checkpoint.join(self.run_dir, checkpoint.METRICS)}"
+                + (f"\nlog:        {log}" if log else ""))
 
 
 def _preprocessor(spec: JobSpec, train_raw: ray.data.Dataset, resume_from: Optional[str]) -> Any:
@@ -60,7 +64,7 @@ def build_datasets(spec: JobSpec, pre: Any, train_raw: ray.data.Dataset,
     ``train.cache``); augmentation on train only, every epoch."""
     train_ds, val_ds = (raw.map_batches(pre, batch_format="numpy") for raw in (train_raw, val_raw))
     if spec.train.cache:
-        print("[distdl] train.cache: preprocessing the train and val rows once ...", flush=True)
+        say("[distdl] train.cache: preprocessing the train and val rows once ...")
         train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
     for step in models.FAMILIES[spec.model_family].augmentations(spec.preprocess):
         train_ds = train_ds.map_batches(step, batch_format="numpy")
@@ -106,17 +110,17 @@ def run(spec: JobSpec, step_hook: Optional[StepHook] = None) -> Summary:
     require_writable_storage(spec)
     cluster = Cluster.current()
     layout = resolve(spec.scaling, cluster)
-    print(f"[distdl] layout: {layout.describe()}", flush=True)
+    say(f"[distdl] layout: {layout.describe()}")
     note = None if runtime.is_embedded() else sized_from_live_nodes(spec.scaling, cluster)
     if note:
-        print(f"[distdl] note: {note}", flush=True)
+        say(f"[distdl] note: {note}")
     runtime.warn_if_not_shared({"storage": spec.storage, "data.train": spec.data.train, "data.val": spec.data.val})
-    resume_from = checkpoint.latest(spec.run_dir)
+    resume_from, done = checkpoint.latest(spec.run_dir), 0
     if resume_from:
         done = _epochs_done(spec, resume_from)
-        print(f"[distdl] found {resume_from}: continuing run '{spec.name}' after epoch {done}", flush=True)
+        say(f"[distdl] found {resume_from}: continuing run '{spec.name}' after epoch {done}")
         if done >= spec.train.epochs:
-            print(f"[distdl] run '{spec.name}' already trained all {spec.train.epochs} epochs; nothing to do")
+            say(f"[distdl] run '{spec.name}' already trained all {spec.train.epochs} epochs; nothing to do")
             return _summary(spec, start, resume_from)
     runtime.quiet_data_progress()  # before any dataset exists: each captures the context
     d = spec.data
@@ -124,17 +128,31 @@ def run(spec: JobSpec, step_hook: Optional[StepHook] = None) -> Summary:
     pre = _preprocessor(spec, train_raw, resume_from)
     if spec.checkpoint.best_metric == "val_top5" and len(pre.classes) <= 5:
         raise TrainingError(f"checkpoint.best_metric val_top5 needs more than 5 classes; the data has {len(pre.classes)}")
-    print(f"[distdl] preprocessor: {pre.describe()}", flush=True)
+    say(f"[distdl] preprocessor: {pre.describe()}")
     config = {
         "spec": spec.to_dict(), "run_dir": spec.run_dir, "preprocessor": pre.to_json(),
         "model_args": models.config_args(models.complete_config(spec.model_family, spec.model, pre)),
         "threads": layout.threads_per_worker, "step_hook": step_hook,
     }
+    trainer = _trainer(spec, layout, build_datasets(spec, pre, train_raw, val_raw), config)
     try:
-        _trainer(spec, layout, build_datasets(spec, pre, train_raw, val_raw), config).fit()
+        with progress.following("train", "epoch", spec.train.epochs, done, lambda: _epochs_reported(spec.run_dir)):
+            trainer.fit()
     except (ray.train.TrainingFailedError, ray.exceptions.RayError) as exc:  # the reason, not Ray's traceback
         raise TrainingError(f"training failed: {runtime.root_cause(exc)}") from exc
     return _summary(spec, start, resume_from)
+
+
+def _epochs_reported(run_dir: str) -> int:
+    """The last epoch in the run's metrics.jsonl (rank 0 rewrites it every epoch; a line being
+    written is skipped); 0 before the first."""
+    epochs = [0]
+    for line in read_bytes(checkpoint.join(run_dir, checkpoint.METRICS)).decode().splitlines():
+        try:
+            epochs.append(json.loads(line)["epoch"])
+        except (ValueError, KeyError):
+            continue
+    return max(epochs)
 
 
 def _epochs_done(spec: JobSpec, resume_from: str) -> int:

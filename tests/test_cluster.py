@@ -137,7 +137,7 @@ def test_a_bad_spec_fails_before_any_ray_work_with_its_message_in_the_logs(ray_c
     bad.write_text(yaml.safe_dump({"name": "bad", "data": {"train": "x.parquet"}, "train": {"lr": "fast"}}))
     env = {**client_env(ray_cluster), "RAY_AUTH_MODE": "token"}
     result = run(str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_cluster.address,
-                 "--no-wait", "--working-dir", str(ROOT), "--", "python", "-m", "distdl", "train", str(bad),
+                 "--no-wait", "--working-dir", str(ROOT), "--", "python", "-m", "distdl", "train", "--verbose", str(bad),
                  cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     job_id = submission_id(result.stdout + result.stderr)

@@ -189,7 +189,7 @@ def test_the_example_jobs_are_valid_specs(job):
 
 
 def test_demo_data_offers_every_writer():
-    from distdl import cli
+    from distdl.cli import run
     from distdl.demo_data import WRITERS
 
-    assert sorted(cli.DEMO_KINDS) == sorted(WRITERS)
+    assert sorted(run.DEMO_KINDS) == sorted(WRITERS)

@@ -49,8 +49,9 @@ def test_bad_settings_and_missing_checkpoints_fail_before_ray_starts(tmp_path, c
     err = capsys.readouterr().err
     assert "serve.max_ongoin_requests: unknown key; did you mean 'max_ongoing_requests'?" in err
     assert "serve.max_ongoing_requests: must be >= max_batch_size (64)" in err
-    missing = subprocess.run([sys.executable, "-m", "distdl", "serve", "--checkpoint", str(tmp_path / "none")],
-                             capture_output=True, text=True, timeout=300)
+    # --verbose: Ray's own lines would show, had it started
+    missing = subprocess.run([sys.executable, "-m", "distdl", "serve", "--verbose", "--checkpoint",
+                              str(tmp_path / "none")], capture_output=True, text=True, timeout=300)
     assert missing.returncode == 1 and "Started a local Ray instance" not in missing.stderr
     assert missing.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'none'} is not a complete distdl checkpoint (no COMPLETE marker)"
 

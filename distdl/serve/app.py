@@ -25,7 +25,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.schema import DeploymentStatus
 
-from distdl import checkpoint, models
+from distdl import checkpoint, logs, models
 from distdl.paths import is_uri
 from distdl.serve.api import ROUTES, SERVED, Ingress
 from distdl.serve.model import ModelServer
@@ -183,11 +183,10 @@ def _refuse_a_taken_port(host: str, port: int) -> None:
 
 
 def run(checkpoints: list[str], options: dict[str, Any], api_key_env: Optional[str], host: str, port: int,
-        address: Optional[str]) -> None:
+        address: Optional[str], log: Optional[Path] = None) -> None:
     """Serve until SIGINT (Ctrl-C) or SIGTERM. On an existing cluster only this app is deleted
-    at the end; an embedded local Ray is shut down with Serve."""
-    import ray
-
+    at the end; an embedded local Ray is shut down with Serve. Ray's output (Serve's and its
+    replicas' access lines too) goes to ``log`` (None: to the console, as distdl's own does)."""
     from distdl import runtime
 
     served = load_models(checkpoints, options)  # a bad checkpoint or option fails before Ray starts
@@ -196,7 +195,15 @@ def run(checkpoints: list[str], options: dict[str, Any], api_key_env: Optional[s
     embedded = not (address or os.environ.get("RAY_ADDRESS"))
     if embedded:  # Serve's proxy binds on this machine: a taken port fails now, not after Ray starts
         _refuse_a_taken_port(host, port)
-    runtime.connect(address)
+    with logs.capture(log), runtime.session(address):
+        _serve_until_stopped(served, api_key_env, host, port, embedded)
+    logs.say("stopped")
+
+
+def _serve_until_stopped(served: list[Served], api_key_env: Optional[str], host: str, port: int,
+                         embedded: bool) -> None:
+    from distdl import runtime
+
     for s in served:
         runtime.require_a_node_for({"cpus_per_replica": ("CPU", s.options.cpus_per_replica),
                                     "gpus_per_replica": ("GPU", s.options.gpus_per_replica)},
@@ -207,16 +214,14 @@ def run(checkpoints: list[str], options: dict[str, Any], api_key_env: Optional[s
     try:
         _deploy(served, api_key_env, host, port)
         url = f"http://{host}:{port}"
-        print(f"serving at {url}/ (API docs: {url}/docs; Ctrl-C stops):", flush=True)
+        logs.say(f"serving at {url}/ (API docs: {url}/docs; Ctrl-C stops):")
         for s in served:
-            print(f"  {s.info.name:<16} POST {url}{s.info.route}", flush=True)
+            logs.say(f"  {s.info.name:<16} POST {url}{s.info.route}")
         while not stop.wait(1.0):
             pass
     finally:
-        print("stopping ...", flush=True)
+        logs.say("stopping ...")
         if embedded:
             serve.shutdown()
-            ray.shutdown()
         else:
             serve.delete(APP_NAME)
-    print("stopped", flush=True)

@@ -1,13 +1,16 @@
-"""The cluster commands of the command line: `distdl submit`, `distdl jobs ...`, `distdl k8s render`.
+"""The cluster commands: `distdl submit`, `distdl jobs ...`, `distdl k8s render`.
 
 Parse, call, print; the work lives in distdl.submit (Ray Jobs) and distdl.k8s (KubeRay).
-A command meant for the cluster is checked with distdl's own parser, as a local run would be.
+A command meant for the cluster is checked with the parser of `distdl train` and `distdl
+score` (cli.run), as a local run would be.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from distdl.cli.common import verbose_arg
+from distdl.cli.run import command_parser
 
 SUBMIT_EPILOG = """COMMAND is what a local run would take: `train SPEC [--set FIELD=VALUE ...] [--fresh]`
 (or just SPEC), or `score --checkpoint C --input I --output O [...]`. It is checked here first
@@ -47,6 +50,7 @@ def _submit_options(p: argparse.ArgumentParser) -> None:
                    help="folder shipped as the job's working directory (default: .); a train spec must be in it")
     p.add_argument("--follow", action="store_true",
                    help="stream the job's logs, then exit with its result (0: SUCCEEDED, 1: FAILED or STOPPED)")
+    verbose_arg(p)  # here, and passed on to the job's command
 
 
 def _k8s_options(p: argparse.ArgumentParser) -> None:
@@ -99,12 +103,15 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     jobs = sub.add_parser("jobs", help="list, inspect, follow or stop Ray jobs on a cluster",
                           description="The Ray jobs of a cluster (ids as printed by `distdl submit`).")
     actions = jobs.add_subparsers(dest="action", required=True)
-    _address_arg(actions.add_parser("list", help="every job: id, status, start time, entrypoint"))
+    listing = actions.add_parser("list", help="every job: id, status, start time, entrypoint")
+    _address_arg(listing)
+    verbose_arg(listing, hides=False)
     for action, text in (("status", "a job's status, times and message"), ("logs", "a job's output so far"),
                          ("stop", "stop a running job (SIGTERM, then SIGKILL) and wait until it has stopped")):
         one = actions.add_parser(action, help=text, description=text)
         one.add_argument("job_id", help="submission id, e.g. raysubmit_...")
         _address_arg(one)
+        verbose_arg(one, hides=False)
     actions.choices["logs"].add_argument("--follow", action="store_true",
                                          help="keep streaming until the job ends; exit 0 if it SUCCEEDED, else 1")
 
@@ -117,6 +124,7 @@ def _add_k8s(sub: argparse._SubParsersAction) -> None:
         "share no filesystem. Token authentication is on (authOptions.mode: token).", epilog=K8S_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _k8s_options(render)
+    verbose_arg(render, hides=False)
     render.add_argument("kind", choices=["cluster", "train", "score", "serve"])
     render.add_argument("argv", nargs=argparse.REMAINDER, metavar="ARGS ...",
                         help="train: SPEC [--set FIELD=VALUE ...]; score: the options of `distdl score`; "
@@ -124,7 +132,7 @@ def _add_k8s(sub: argparse._SubParsersAction) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from distdl import cli, submit
+    from distdl import logs, submit
 
     # Submit's own options may come anywhere (`distdl submit SPEC --address URL`); the rest must be
     # a command that `distdl` itself accepts here.
@@ -132,28 +140,34 @@ def _submit(args: argparse.Namespace) -> int:
     if not rest:
         raise ValueError("distdl submit needs a command: a spec (`distdl submit jobs/x.yaml`) or `score ...`")
     command = rest if rest[0] in ("train", "score") else ["train", *rest]
-    local = cli.parser().parse_args(command)
+    local = command_parser().parse_args(command)
     working_dir = Path(args.working_dir)
+    verbose = ["--verbose"] if args.verbose else []
     if local.command == "train":
-        job = submit.train_job(local.spec, local.overrides, working_dir, ["--fresh"] if local.fresh else [])
+        job = submit.train_job(local.spec, local.overrides, working_dir, ["--fresh"] * local.fresh + verbose)
     else:
-        job = submit.score_job(command[1:])
-    jobs = submit.Jobs(args.address)
-    job_id = jobs.submit(job, working_dir)
-    print(f"submitted {job_id} to {jobs.address}\n  entrypoint: {job.entrypoint}", flush=True)
-    if args.follow:
-        return _follow(jobs, job_id)
+        job = submit.score_job(command[1:] + verbose)
+    # The client's own chatter (e.g. "Uploading package ...") goes to a log; the job's output,
+    # quiet itself unless --verbose, streams to the console.
+    with logs.capture(None if args.verbose else logs.log_file(None, "submit")):
+        jobs = submit.Jobs(args.address)
+        job_id = jobs.submit(job, working_dir)
+        logs.say(f"submitted {job_id} to {jobs.address}\n  entrypoint: {job.entrypoint}")
+        if args.follow:
+            return _follow(jobs, job_id)
     print(f"  follow it:  distdl jobs logs {job_id} --follow --address {jobs.address}")
     return 0
 
 
 def _follow(jobs, job_id: str) -> int:
+    from distdl import logs
+
     try:
-        status = jobs.follow(job_id, sys.stdout)
+        status = jobs.follow(job_id, logs.console())
     except KeyboardInterrupt:
-        print(f"\nstopped following; the job keeps running (distdl jobs stop {job_id})", file=sys.stderr)
+        logs.say(f"\nstopped following; the job keeps running (distdl jobs stop {job_id})", err=True)
         return 130
-    print(f"job {job_id} {status}")
+    logs.say(f"job {job_id} {status}")
     return 0 if status == "SUCCEEDED" else 1
 
 
@@ -178,7 +192,7 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _k8s(args: argparse.Namespace) -> int:
-    from distdl import cli, k8s
+    from distdl import k8s
 
     rest = _own_options(args, _k8s_options, "distdl k8s render")
     if not args.image:
@@ -186,10 +200,10 @@ def _k8s(args: argparse.Namespace) -> int:
     shape = k8s.Shape(args.image, args.cpus_per_node, args.memory_per_node, args.gpus_per_node, args.nodes,
                       args.max_nodes)
     if args.kind == "train":
-        local = cli.parser().parse_args(["train", *rest])
+        local = command_parser().parse_args(["train", *rest])
         docs = k8s.train_job(local.spec, local.overrides, shape)
     elif args.kind == "score":
-        local = cli.parser().parse_args(["score", *rest])
+        local = command_parser().parse_args(["score", *rest])
         paths = {"--checkpoint": local.checkpoint, "--input": local.input, "--output": local.output}
         # Only the --gpus flag sizes the pods: the checkpoint (and its score section) may exist only
         # on the cluster's storage, unreadable here.

@@ -4,7 +4,7 @@ A job ships the working directory and the client's own copy of the distdl packag
 (runtime_env ``py_modules``), so the cluster runs exactly the code that submitted it; the
 cluster's ``python`` only needs distdl's dependencies. Relative paths in the command are
 made absolute against the client's current directory, as a local run would read them,
-and the job must find them at the same place (README: "Running on a cluster").
+and the job must find them at the same place (docs/clusters.md).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 
 def spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="job spec YAML (see README: 'The job spec')")
+    p.add_argument("spec", help="job spec YAML (fields: docs/training.md)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a spec field, e.g. --set train.lr=0.01 (value parsed as YAML; repeatable)")
 

@@ -16,12 +16,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Each model's settings come from the 'serve' section of its checkpoint's spec.yaml; --set overrides them.",
         epilog="routes: GET /healthz /readyz /models /docs; POST /models/NAME/<task> by the model's task: "
         "classify-image (cnn), classify-sequence, classify-audio, generate-text (rnn), classify-text, "
-        "embed-text (transformer), generate-image (gan); request shapes: /docs or README 'HTTP API'")
+        "embed-text (transformer), generate-image (gan); request shapes: the server's /docs page or docs/serving.md")
     serve.add_argument("--checkpoint", dest="checkpoints", action="append", required=True, metavar="[NAME=]PATH",
                        help="checkpoint folder; its route name is NAME, else the spec's name (repeatable)")
     serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                        help="override a serve setting for every model, e.g. --set max_replicas=4 "
-                       "(value parsed as YAML; fields: README 'Serving'; repeatable)")
+                       "(value parsed as YAML; fields: docs/serving.md; repeatable)")
     serve.add_argument("--api-key-env", default=None, metavar="NAME",
                        help="require 'Authorization: Bearer <key>' with the key in environment variable NAME")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")

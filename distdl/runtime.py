@@ -28,9 +28,9 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> No
         ray.init(address=address, log_to_driver=True)
     else:
         # Ray Train's controller polls its workers every 2 s by default, and a run waits on
-        # several polls to start and to end. On one machine a poll is cheap: 0.25 s made each
-        # 3-epoch run of 32 rows on 2 cores take 27-35 s instead of 41-46 s. Ray's processes
-        # inherit this environment; a value the user set wins.
+        # several polls to start and to end. On one machine a poll is cheap, and a short
+        # interval takes seconds off every run (docs/training.md). Ray's processes inherit this
+        # environment; a value the user set wins.
         os.environ.setdefault(TRAIN_POLL_INTERVAL, "0.25")
         # "local": a new embedded Ray even when a `ray start` cluster runs on this machine
         # (address=None would silently join it). The dashboard serves Ray's state API, which Ray

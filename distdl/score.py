@@ -30,24 +30,15 @@ from distdl.spec import ScoreSpec
 from distdl.specbase import SpecError, from_dict
 
 ROW_ID = "row_id"
-# Each block of the input is one Ray Data task on an actor and one output part. A task costs
-# ~20 ms beyond its rows (2 cores, a model too small to matter: 166 tasks of 300 rows spent
-# 3.4 s between calls), about what a plain loop on a GPU takes to score 300 ResNet-18 rows.
-# So where the input's row count is known, a block holds up to BATCHES_PER_BLOCK forward passes...
+# Each block of the input is one Ray Data task on an actor and one output part, and each task
+# has a fixed cost beyond its rows. Where the input's row count is known, a block holds up to
+# this many forward passes (docs/scoring.md, "Blocks, actors and GPUs"):
 BATCHES_PER_BLOCK = 8
-# On a GPU a forward pass of ResNet-18 takes ~10 ms, so that cost weighs more: one actor on an
-# H200, 100k rows, batch 256, over the actor's span from first call to last: 21,874 rows/s in
-# blocks of 8 batches, 26,915 in blocks of 32 (inside its calls 27,586 and 28,718; one run each).
-BATCHES_PER_BLOCK_ON_GPU = 32
-# ...but a pool gets at least this many blocks per actor, so that its actors all have work and
-# finish close together (a 20k-row input in 2,048-row blocks would idle 5 of 15 actors).
+BATCHES_PER_BLOCK_ON_GPU = 32  # a GPU's forward pass is short, so the fixed cost weighs more
+# ...but at least this many blocks per actor, so that every actor has work and all finish close together.
 BLOCKS_PER_ACTOR = 4
-# Ray Data runs an actor's tasks one at a time unless told otherwise: fetching the next block
-# and slicing it into batches, and storing the last block's output, fall between the calls.
-# With two calls in flight they overlap the running one (Ray Data still runs one Predictor
-# call at a time per actor, so one model never sees two batches at once). 100k rows of a model
-# that costs ~nothing, 2 cores: the actor was inside its calls for 78% of the span, now 95%;
-# rows/s over the span 9,900-10,700 -> 10,700-11,600 (three runs each).
+# Two calls in flight per actor: fetching and batching the next block overlaps the running
+# call. Ray Data still runs one Predictor call at a time per actor.
 CALLS_PER_ACTOR = 2
 
 
@@ -246,9 +237,8 @@ def scoring_pipeline(checkpoint_path: str, raw: ray.data.Dataset, resources: Res
     elif done:
         # The actors' remote arguments, so that Ray Data runs the filter inside them (fusion),
         # not as tasks of their own that wait for a CPU beside the pool and the read (a read cut
-        # into more blocks than files is never fused with the map after it). Resuming a 1M-row
-        # job with 363,262 rows left, 2 cores: 170 s before, 90 s now; a fresh run over the last
-        # 400,000 rows alone took 97 s.
+        # into more blocks than files is never fused with the map after it). A resume then costs
+        # about what a fresh run over the rows left does.
         ds = raw.map_batches(_drop_done, fn_kwargs={"column": id_column, "done": done}, batch_format="numpy",
                              **in_the_actors)
     id_column = id_column or ROW_ID

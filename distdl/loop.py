@@ -23,7 +23,7 @@ import torch.distributed as dist
 import ray.train
 import ray.train.torch
 
-from distdl import checkpoint, models, preprocessors, tasks
+from distdl import checkpoint, early_stop, models, preprocessors, tasks
 from distdl.collate import Collate
 from distdl.tasks.base import Optimizers, Task
 
@@ -185,6 +185,12 @@ def _quiet_report_log() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers of an epoch's metrics, without detail such as a confusion matrix (metrics.jsonl
+    keeps that): what the console line and ray.train.report show."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
 def _is_better(value: float, best: Optional[float], mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
@@ -203,6 +209,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     preprocessor = preprocessors.from_json(config["preprocessor"])
     family, model_cfg = spec["model"]["family"], models.config_from_args(spec["model"]["family"], config["model_args"])
     task = tasks.create(models.FAMILIES[family].task(model_cfg), preprocessor)
+    task.configure(train, config.get("class_weights"))
 
     torch.manual_seed(train["seed"])  # same initial weights on every rank (DDP also broadcasts)
     model = models.build_model(family, model_cfg)  # what checkpoints hold; `trained` may wrap it
@@ -230,7 +237,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                                          local_shuffle_buffer_size=shuffle))
 
     batches = epoch_batches()
-    for epoch in range(state["epoch"] + 1, train["epochs"] + 1):
+    may_stop = train["early_stop"]["patience"] is not None
+    last = state["epoch"] if state.get("stopped_early") else train["epochs"]  # a stopped run stays stopped
+    for epoch in range(state["epoch"] + 1, last + 1):
         started = time.perf_counter()
         lr = lr_at(epoch, train)
         for optimizer in optimizers.values():
@@ -239,17 +248,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch, "lr": lr}
         metrics.update(train_epoch(task, trained, optimizers, scaler, batches, device, train, epoch, rank,
                                    config.get("step_hook")))
-        if epoch < train["epochs"]:
-            batches = epoch_batches()  # the next epoch starts streaming while this one validates
+        # The next epoch starts streaming while this one validates; with early stopping, whether
+        # there is a next epoch is known only after validation, and an abandoned stream would linger.
+        if epoch < last and not may_stop:
+            batches = epoch_batches()
         val_batches = val_shard.iter_torch_batches(batch_size=per_worker, collate_fn=collate, prefetch_batches=2)
         metrics.update(evaluate(task, trained, val_batches, device, train["precision"]))
         metrics["epoch_s"] = time.perf_counter() - started  # training pass + validation, as a user waits for it
         state["history"].append(metrics)
         state["epoch"] = epoch
+        stopped = early_stop.check(state["history"], train["early_stop"], ckpt_spec["best_metric"],
+                                   ckpt_spec["best_mode"])
+        if stopped:
+            state["stopped_early"] = stopped
         if rank == 0:
             task.epoch_end(model, run_dir, epoch)  # e.g. the gan's sample grid
             _save_epoch(model, optimizers, family, model_cfg, preprocessor, spec, state, ckpt_spec, run_dir)
-        ray.train.report(metrics)
+        ray.train.report(scalars(metrics))
+        if stopped:
+            break
+        if epoch < last and may_stop:
+            batches = epoch_batches()
 
 
 def _prepare(task: Task, model, train: dict) -> tuple[Any, Optimizers]:
@@ -259,12 +278,16 @@ def _prepare(task: Task, model, train: dict) -> tuple[Any, Optimizers]:
 
 
 def _save_epoch(model, optimizers, family, model_cfg, preprocessor, spec, state, ckpt_spec, run_dir) -> None:
-    """Rank 0: metrics.jsonl every epoch; a checkpoint every N epochs (and the last); best/ copy."""
+    """Rank 0: metrics.jsonl every epoch; a checkpoint every N epochs (and the last, or the one that
+    stopped early); best/ copy."""
     metrics, epoch = state["history"][-1], state["epoch"]
     checkpoint.write_metrics(run_dir, state["history"])
-    shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch")
+    shown = " ".join(f"{k}={v:.4g}" for k, v in scalars(metrics).items() if k != "epoch")
     say(f"epoch {epoch}/{spec['train']['epochs']} {shown}")
-    if epoch % ckpt_spec["every_n_epochs"] and epoch != spec["train"]["epochs"]:
+    stopped = state.get("stopped_early")
+    if stopped:
+        say(early_stop.describe(stopped))
+    if epoch % ckpt_spec["every_n_epochs"] and epoch != spec["train"]["epochs"] and not stopped:
         return
     value, mode = metrics[ckpt_spec["best_metric"]], ckpt_spec["best_mode"]
     improved = _is_better(value, (state["best"] or {}).get("value"), mode)

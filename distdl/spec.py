@@ -48,6 +48,20 @@ class DataSpec:
 
 
 @dataclass
+class EarlyStopSpec:
+    patience: Optional[int] = knob(None, help="end the run when `checkpoint.best_metric` has not improved for this "
+                                              "many epochs (judged every epoch, by `checkpoint.best_mode`); "
+                                              "null: train all `train.epochs`")
+    min_delta: float = knob(0.0, help="a change counts as an improvement only when it is larger than this")
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from check(self.patience is None or self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
+        yield from check(self.min_delta >= 0, "min_delta", f"must be >= 0, got {self.min_delta}")
+        yield from check(self.patience is not None or self.min_delta == 0, "min_delta",
+                         "needs early_stop.patience: without it early stopping is off")
+
+
+@dataclass
 class TrainSpec:
     epochs: int = knob(10, help="passes over the training rows")
     batch_size: int = knob(64, help="global: split evenly over the workers (an explicit `scaling.num_workers` "
@@ -69,6 +83,17 @@ class TrainSpec:
                                    "augmentation still runs per epoch. Worth it when preprocessing costs as much "
                                    "as the step")
     seed: int = knob(0, help="seeds the initial weights and the train/val split")
+    label_smoothing: float = knob(0.0, help="classification: the training loss's label smoothing (the share "
+                                            "of each target spread over all classes); `val_loss` stays plain "
+                                            "cross-entropy")
+    class_weights: Union[None, Auto, dict] = knob(None, help="classification: weights of the classes in the "
+                                                             "training loss; auto: inverse class frequency in "
+                                                             "the training rows (a balanced set gets 1s); a "
+                                                             "mapping `{label: weight}`: unnamed labels get 1; "
+                                                             "null: unweighted. `val_loss` stays unweighted")
+    # Not Optional: specbase reports a nested section's bad field by its own path, e.g. train.early_stop.patience.
+    early_stop: EarlyStopSpec = knob(factory=EarlyStopSpec, help="end the run early when the best metric stops "
+                                                                 "improving; `null`: off")
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
@@ -80,6 +105,11 @@ class TrainSpec:
         yield from check(self.step_size >= 1, "step_size", f"must be >= 1, got {self.step_size}")
         yield from check(0 < self.gamma <= 1, "gamma", f"must be in (0, 1], got {self.gamma}")
         yield from check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", f"must be > 0, got {self.grad_clip}")
+        yield from check(0 <= self.label_smoothing < 1, "label_smoothing",
+                         f"must be in [0, 1), got {self.label_smoothing}")
+        for label, weight in (self.class_weights if isinstance(self.class_weights, dict) else {}).items():
+            good = isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0
+            yield from check(good, f"class_weights.{label}", f"must be a number > 0, got {weight!r}")
 
 
 @dataclass
@@ -221,6 +251,10 @@ def _cross_checks(spec: JobSpec) -> Iterator[tuple[str, str]]:
     yield from check(fmt == "auto" or fmt in family.formats, "data.format",
                      f"model family '{spec.model_family}' reads {family.formats}, not {fmt!r}")
     task = family.task(spec.model)
+    yield from check(task == "classification" or not train.label_smoothing, "train.label_smoothing",
+                     f"applies to classification only, not to the '{task}' task (a gan sets model.label_smoothing)")
+    yield from check(task == "classification" or train.class_weights is None, "train.class_weights",
+                     f"applies to classification only, not to the '{task}' task")
     if not tasks.TASKS[task].metrics:  # e.g. embeddings: no loss, nothing to train
         yield "model", f"the '{task}' task needs no training: turn the model into a checkpoint with `distdl import`"
         return

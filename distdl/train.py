@@ -19,7 +19,7 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from distdl import checkpoint, data, models, progress, runtime
+from distdl import checkpoint, class_weights, data, early_stop, models, progress, runtime
 from distdl.layout import Cluster, Layout, resolve, sized_from_live_nodes
 from distdl.logs import say
 from distdl.loop import StepHook, train_loop_per_worker
@@ -42,11 +42,14 @@ class Summary:
     checkpoint: str  # the best checkpoint
     run_dir: str
     resumed_from: Optional[str]
+    stopped_early: Optional[dict] = None  # early_stop.check's record when train.early_stop ended the run
 
     def describe(self, log: Optional[Path] = None) -> str:
         resumed = f" (resumed from {self.resumed_from})" if self.resumed_from else ""
+        stopped = f"{early_stop.describe(self.stopped_early)}\n" if self.stopped_early else ""
         return (f"done: {self.epochs} epochs{resumed}, best {self.best_metric}={self.best_value:.4f} "
                 f"at epoch {self.best_epoch}, {self.samples_per_s:.0f} samples/s, wall {self.wall_s:.1f}s\n"
+                f"{stopped}"
                 f"checkpoint: {self.checkpoint}\nmetrics:    {checkpoint.join(self.run_dir, checkpoint.METRICS)}"
                 + (f"\nlog:        {log}" if log else ""))
 
@@ -117,7 +120,11 @@ def run(spec: JobSpec, step_hook: Optional[StepHook] = None) -> Summary:
     runtime.warn_if_not_shared({"storage": spec.storage, "data.train": spec.data.train, "data.val": spec.data.val})
     resume_from, done = checkpoint.latest(spec.run_dir), 0
     if resume_from:
-        done = _epochs_done(spec, resume_from)
+        state = _train_state(spec, resume_from)
+        done = state["epoch"]
+        if state.get("stopped_early"):
+            say(f"[distdl] run '{spec.name}' {early_stop.describe(state['stopped_early'])}; nothing to do")
+            return _summary(spec, start, resume_from)
         say(f"[distdl] found {resume_from}: continuing run '{spec.name}' after epoch {done}")
         if done >= spec.train.epochs:
             say(f"[distdl] run '{spec.name}' already trained all {spec.train.epochs} epochs; nothing to do")
@@ -133,6 +140,7 @@ def run(spec: JobSpec, step_hook: Optional[StepHook] = None) -> Summary:
         "spec": spec.to_dict(), "run_dir": spec.run_dir, "preprocessor": pre.to_json(),
         "model_args": models.config_args(models.complete_config(spec.model_family, spec.model, pre)),
         "threads": layout.threads_per_worker, "step_hook": step_hook,
+        "class_weights": _class_weights(spec, pre, train_raw),
     }
     trainer = _trainer(spec, layout, build_datasets(spec, pre, train_raw, val_raw), config)
     try:
@@ -141,6 +149,22 @@ def run(spec: JobSpec, step_hook: Optional[StepHook] = None) -> Summary:
     except (ray.train.TrainingFailedError, ray.exceptions.RayError) as exc:  # the reason, not Ray's traceback
         raise TrainingError(f"training failed: {runtime.root_cause(exc)}") from exc
     return _summary(spec, start, resume_from)
+
+
+def _class_weights(spec: JobSpec, pre: Any, train_raw: ray.data.Dataset) -> Optional[list[float]]:
+    """train.class_weights as one weight per class of the preprocessor (an auto setting counts
+    the training rows' labels: a pass over that column)."""
+    setting = spec.train.class_weights
+    if setting is None:  # also every task without classes (spec validation allows no other)
+        return None
+    counts = class_weights.label_counts(train_raw, spec.data.label_column) if setting == "auto" else None
+    try:
+        weights = class_weights.resolve(setting, pre.classes, counts)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    if weights:
+        say(f"[distdl] class weights: {', '.join(f'{c}={w:.3g}' for c, w in zip(pre.classes, weights))}")
+    return weights
 
 
 def _epochs_reported(run_dir: str) -> int:
@@ -155,13 +179,14 @@ def _epochs_reported(run_dir: str) -> int:
     return max(epochs)
 
 
-def _epochs_done(spec: JobSpec, resume_from: str) -> int:
-    """Epochs in the checkpoint; refuses to continue a run that trained a different model."""
+def _train_state(spec: JobSpec, resume_from: str) -> dict:
+    """The checkpoint's train state (epoch, history, best); refuses to continue a run that
+    trained a different model."""
     saved = checkpoint.load_spec(resume_from)
     if saved["model"] != spec.to_dict()["model"]:
         raise TrainingError(f"run '{spec.name}' in {spec.storage} was trained with model {saved['model']}; "
                             f"this spec asks for {spec.to_dict()['model']}. Use a new name or delete {spec.run_dir}")
-    return checkpoint.load_train_state(resume_from)[0]["epoch"]
+    return checkpoint.load_train_state(resume_from)[0]
 
 
 def _summary(spec: JobSpec, start: float, resumed_from: Optional[str]) -> Summary:
@@ -173,4 +198,5 @@ def _summary(spec: JobSpec, start: float, resumed_from: Optional[str]) -> Summar
         epochs=state["epoch"], best_metric=best["metric"], best_value=best["value"], best_epoch=best["epoch"],
         samples_per_s=sum(rates) / len(rates), wall_s=time.perf_counter() - start,
         checkpoint=checkpoint.best_dir(spec.run_dir), run_dir=spec.run_dir, resumed_from=resumed_from,
+        stopped_early=state.get("stopped_early"),
     )

@@ -134,3 +134,38 @@ def test_the_score_section_is_checked_and_travels_with_the_spec():
     assert found["score.rows_per_file"].startswith("must be")
     spec = specmod.parse({**MINIMAL, "score": {"gpus_per_actor": 0.25}})
     assert specmod.parse(spec.to_dict()).score.gpus_per_actor == 0.25  # what a checkpoint's spec.yaml holds
+
+
+def test_early_stop_is_off_unless_given_a_patience_and_names_its_bad_fields():
+    assert specmod.parse(MINIMAL).train.early_stop.patience is None
+    assert specmod.parse({**MINIMAL, "train": {"early_stop": None}}).train.early_stop.patience is None
+    spec = specmod.parse({**MINIMAL, "train": {"early_stop": {"patience": 3, "min_delta": 0.01}}})
+    assert (spec.train.early_stop.patience, spec.train.early_stop.min_delta) == (3, 0.01)
+    assert specmod.parse(spec.to_dict()) == spec
+    found = problems({**MINIMAL, "train": {"early_stop": {"patience": 0, "min_delta": -0.1}}})
+    assert found["train.early_stop.patience"] == "must be >= 1, got 0"
+    assert found["train.early_stop.min_delta"] == "must be >= 0, got -0.1"
+    found = problems({**MINIMAL, "train": {"early_stop": {"patience": 2, "patiense": 3}}})
+    assert found["train.early_stop.patiense"] == "unknown key; did you mean 'patience'?"
+    found = problems({**MINIMAL, "train": {"early_stop": {"min_delta": 0.1}}})
+    assert "needs early_stop.patience" in found["train.early_stop.min_delta"]
+
+
+def test_label_smoothing_is_a_share_below_one_for_classification_only():
+    assert specmod.parse({**MINIMAL, "train": {"label_smoothing": 0.1}}).train.label_smoothing == 0.1
+    assert problems({**MINIMAL, "train": {"label_smoothing": 1.0}})["train.label_smoothing"] == "must be in [0, 1), got 1.0"
+    assert problems({**MINIMAL, "train": {"label_smoothing": -0.1}})["train.label_smoothing"].startswith("must be in")
+    found = problems({**MINIMAL, "model": {"family": "rnn", "task": "language_model"}, "train": {"label_smoothing": 0.1}})
+    assert "not to the 'language_model' task" in found["train.label_smoothing"]
+
+
+def test_class_weights_are_auto_or_positive_numbers_by_label():
+    assert specmod.parse({**MINIMAL, "train": {"class_weights": "auto"}}).train.class_weights == "auto"
+    spec = specmod.parse({**MINIMAL, "train": {"class_weights": {"cat": 2, 3: 0.5}}})
+    assert specmod.parse(spec.to_dict()).train.class_weights == {"cat": 2, 3: 0.5}
+    found = problems({**MINIMAL, "train": {"class_weights": {"cat": 0, "dog": "x"}}})
+    assert found["train.class_weights.cat"] == "must be a number > 0, got 0"
+    assert found["train.class_weights.dog"] == "must be a number > 0, got 'x'"
+    assert problems({**MINIMAL, "train": {"class_weights": "balanced"}})["train.class_weights"].startswith("must be")
+    found = problems({**MINIMAL, "model": {"family": "rnn", "task": "language_model"}, "train": {"class_weights": "auto"}})
+    assert "classification only" in found["train.class_weights"]

@@ -90,7 +90,9 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_session, tiny, tm
     summary = train.run(spec, step_hook=hook)
     # epoch 1 was checkpointed and never re-run; epoch 2 died part-way and ran again
     assert hook.epochs() == [1, 2, 2, 3]
-    assert [r["epoch"] for r in history(spec.run_dir)] == [1, 2, 3]
+    rows = history(spec.run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert np.sum(rows[-1]["val_confusion"]) == 16 and set(rows[-1]["val_per_class"]) == {"0", "1", "2", "3"}
     assert summary.epochs == 3
 
 
@@ -105,6 +107,25 @@ def test_an_interrupted_run_continues_at_the_next_epoch(ray_session, tiny, tmp_p
     assert summary.resumed_from.endswith("epoch_0001")
     assert [r["epoch"] for r in history(spec.run_dir)] == [1, 2, 3]
     assert train.run(spec).epochs == 3  # a finished run is left as it is
+
+
+def test_a_plateau_stops_the_run_early_on_every_rank_and_stays_stopped(ray_session, tiny, tmp_path):
+    """An lr far below float32 resolution leaves the weights, so val_accuracy, exactly as they
+    are: with patience 2 both DDP workers stop after epoch 3 of 10."""
+    spec = tiny_spec(tiny, tmp_path, "plateau", train={"epochs": 10, "lr": 1e-12, "early_stop": {"patience": 2}},
+                     scaling={"num_workers": 2}, checkpoint={"every_n_epochs": 5})
+    log = hooks.EpochLog(tmp_path / "first.log")
+    summary = train.run(spec, step_hook=log)
+    assert log.epochs() == [1, 2, 3]
+    rows = history(spec.run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert np.sum(rows[-1]["val_confusion"]) == 16 and set(rows[-1]["val_per_class"]) == {"0", "1", "2", "3"}
+    assert summary.epochs == 3
+    assert "stopped early at epoch 3: val_accuracy has not improved for 2 epochs" in summary.describe()
+    assert checkpoint.latest(spec.run_dir).endswith("epoch_0003")  # the stopping epoch is checkpointed
+    again = train.run(spec, step_hook=hooks.EpochLog(tmp_path / "second.log"))
+    assert not (tmp_path / "second.log").exists()  # nothing trained
+    assert again.epochs == 3 and again.stopped_early == summary.stopped_early
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +173,10 @@ def test_cached_rows_are_the_lazy_rows_and_outlive_the_input_files(ray_session, 
         assert {name: model_inputs(ds) for name, ds in cached.items()} == expected
     with pytest.raises(Exception):  # the lazy pipeline reads the files again, and they are gone
         model_inputs(lazy["train"])
+
+
+def test_class_weights_naming_no_class_fail_before_training(ray_session, tiny, tmp_path):
+    spec = tiny_spec(tiny, tmp_path, "weights", train={"class_weights": {3: 2.0, 9: 0.5}})
+    with pytest.raises(train.TrainingError, match=r"train.class_weights: 9 is not one of the 4 classes \[0, 1, 2, 3\]"):
+        train.run(spec)
+    assert checkpoint.latest(spec.run_dir) is None

@@ -48,6 +48,10 @@ class Task(abc.ABC):
         ``features`` are the options a user may set (the CLI and the HTTP API check them)."""
 
     # ---- training (distdl.loop) ----------------------------------------------------------
+    def configure(self, train: dict, class_weights: Optional[list[float]] = None) -> None:
+        """Take the ``train`` spec section's options the task uses (classification: label_smoothing),
+        and train.class_weights resolved on the driver to one weight per class."""
+
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """(scalar loss, rows): one training step's objective, for the usual ``train_step``."""
         raise NotImplementedError(f"{type(self).__name__} has no loss")
@@ -56,8 +60,9 @@ class Task(abc.ABC):
         """{name: sum over the batch, a number or an array}; the loop all-reduces them."""
         raise NotImplementedError(f"{type(self).__name__} is not evaluated")
 
-    def eval_metrics(self, sums: dict[str, Any]) -> dict[str, float]:
-        """{metric: value} from the group-wide sums of ``eval_sums``."""
+    def eval_metrics(self, sums: dict[str, Any]) -> dict[str, Any]:
+        """{metric: value} from the group-wide sums of ``eval_sums``: the names in ``metrics`` are
+        numbers; other keys may hold plain-JSON detail (per-class tables) for metrics.jsonl."""
         raise NotImplementedError(f"{type(self).__name__} is not evaluated")
 
     def prepare(self, model: torch.nn.Module, wrap: Callable[[torch.nn.Module], torch.nn.Module],

@@ -29,12 +29,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distdl import models, preprocessors
-from distdl.paths import filesystem, read_bytes
+from distdl.paths import exists, filesystem, read_bytes
 
 MARKER = "COMPLETE"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
 METRICS = "metrics.jsonl"
+SPEC = "spec.yaml"
 
 
 class CheckpointError(ValueError):
@@ -86,7 +87,7 @@ def save(dest: str, model: nn.Module, family: str, model_cfg: Any, preprocessor:
         save_file(weights, local / "model.safetensors")
         (local / "model.json").write_text(json.dumps({"family": family, "args": models.config_args(model_cfg)}, indent=2))
         (local / "preprocessor.json").write_text(preprocessor.to_json())
-        (local / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        (local / SPEC).write_text(yaml.safe_dump(spec, sort_keys=False))
         state = dict(train_state)
         if optimizers:
             tensors, state["optimizers"] = {}, {}
@@ -215,7 +216,22 @@ def identity(path: str) -> str:
 
 def load_spec(path: str) -> dict:
     _require_complete(path)
-    return yaml.safe_load(_read_text(path, "spec.yaml"))
+    return yaml.safe_load(_read_text(path, SPEC))
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    """metrics.jsonl's rows, one per epoch; [] before the first. Rank 0 rewrites the file every
+    epoch, so a reader polling it may meet a line being written: that line is skipped."""
+    path = join(run_dir, METRICS)
+    if not exists(path):
+        return []
+    rows = []
+    for line in read_bytes(path).decode().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
 
 
 def write_metrics(run_dir: str, history: list[dict]) -> None:

@@ -5,13 +5,13 @@ logs.capture runs: with --verbose, and in library calls, the output stays as it 
 """
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, TextIO
 
 from tqdm import tqdm
 
 from distdl import logs
+from distdl.polling import polling
 
 POLL_S = 2.0
 # Off a terminal (a pipe, a Ray job's log) each redraw is a line of its own: the bar is drawn
@@ -52,7 +52,6 @@ def following(desc: str, unit: str, total: Optional[int], initial: int, done: Ca
     redraw_s = 0.5 if tty else OFF_TERMINAL_REDRAW_S
     bar = tqdm(desc=desc, unit=unit, total=total, initial=initial, file=stream if tty else _Lines(stream),
                dynamic_ncols=tty, mininterval=redraw_s, maxinterval=max(redraw_s, 10.0))
-    stop = threading.Event()
 
     def update() -> None:
         try:
@@ -62,16 +61,8 @@ def following(desc: str, unit: str, total: Optional[int], initial: int, done: Ca
         if now > bar.n:
             bar.update(now - bar.n)
 
-    def poll() -> None:
-        while not stop.wait(POLL_S):
-            update()
-
-    thread = threading.Thread(target=poll, name="distdl-progress", daemon=True)
-    thread.start()
     try:
-        yield
+        with polling(update, POLL_S, "distdl-progress"):
+            yield
     finally:
-        stop.set()
-        thread.join()
-        update()  # the last of it: a finished run's bar ends full
-        bar.close()
+        bar.close()  # a finished run's bar ends full: polling's last call updated it

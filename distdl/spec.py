@@ -15,6 +15,7 @@ from typing import Any, Iterator, Literal, Optional, Union
 import yaml
 
 from distdl import checkpoint, models, tasks
+from distdl.experiment_spec import EarlyStopSpec, TrackingSpec
 from distdl.inference_spec import ScoreSpec, ServeSpec
 from distdl.paths import exists, is_uri
 from distdl.specbase import Auto, SpecError, check, from_dict, knob, to_dict, unknown_key
@@ -45,20 +46,6 @@ class DataSpec:
         yield from check(bool(self.train), "train", "must name a file, folder or URI")
         if self.val is None:
             yield from check(self.val_fraction > 0, "val_fraction", "must be > 0 when data.val is not given")
-
-
-@dataclass
-class EarlyStopSpec:
-    patience: Optional[int] = knob(None, help="end the run when `checkpoint.best_metric` has not improved for this "
-                                              "many epochs (judged every epoch, by `checkpoint.best_mode`); "
-                                              "null: train all `train.epochs`")
-    min_delta: float = knob(0.0, help="a change counts as an improvement only when it is larger than this")
-
-    def problems(self) -> Iterator[tuple[str, str]]:
-        yield from check(self.patience is None or self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
-        yield from check(self.min_delta >= 0, "min_delta", f"must be >= 0, got {self.min_delta}")
-        yield from check(self.patience is not None or self.min_delta == 0, "min_delta",
-                         "needs early_stop.patience: without it early stopping is off")
 
 
 @dataclass
@@ -179,6 +166,7 @@ class JobSpec:
     failure: FailureSpec = knob(factory=FailureSpec, help="restarts after a worker dies")
     serve: ServeSpec = knob(factory=ServeSpec, help="online serving of the trained checkpoint")
     score: ScoreSpec = knob(factory=ScoreSpec, help="batch scoring with the trained checkpoint")
+    tracking: TrackingSpec = knob(factory=TrackingSpec, help="where the run is logged for MLflow's UI and API")
     storage: str = knob("runs", help="local folder or URI for checkpoints and metrics; the run lives in "
                                      "`<storage>/<name>` (runs on several nodes need a shared one)")
 
@@ -195,7 +183,8 @@ class JobSpec:
 
 
 SECTIONS = {"data": DataSpec, "train": TrainSpec, "scaling": ScalingSpec, "checkpoint": CheckpointSpec,
-            "failure": FailureSpec, "serve": ServeSpec, "score": ScoreSpec}
+            "failure": FailureSpec, "serve": ServeSpec, "score": ScoreSpec,
+            "tracking": TrackingSpec}
 TOP_LEVEL = ("name", "storage", "model", "preprocess", *SECTIONS)
 
 

@@ -7,7 +7,6 @@ splits the stream over workers -> loop.train_loop_per_worker pulls ``iter_torch_
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,11 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from distdl import checkpoint, class_weights, data, early_stop, models, progress, runtime
+from distdl.experiment import Watch
 from distdl.layout import Cluster, Layout, resolve, sized_from_live_nodes
 from distdl.logs import say
 from distdl.loop import StepHook, train_loop_per_worker
-from distdl.paths import filesystem, read_bytes
+from distdl.paths import filesystem
 from distdl.spec import JobSpec
 
 
@@ -43,6 +43,8 @@ class Summary:
     run_dir: str
     resumed_from: Optional[str]
     stopped_early: Optional[dict] = None  # early_stop.check's record when train.early_stop ended the run
+    report: Optional[str] = None  # report.html, when it was written
+    tracking: Optional[str] = None  # "<uri> (run <id>)" when the run was logged to MLflow
 
     def describe(self, log: Optional[Path] = None) -> str:
         resumed = f" (resumed from {self.resumed_from})" if self.resumed_from else ""
@@ -51,6 +53,8 @@ class Summary:
                 f"at epoch {self.best_epoch}, {self.samples_per_s:.0f} samples/s, wall {self.wall_s:.1f}s\n"
                 f"{stopped}"
                 f"checkpoint: {self.checkpoint}\nmetrics:    {checkpoint.join(self.run_dir, checkpoint.METRICS)}"
+                + (f"\nreport:     {self.report}" if self.report else "")
+                + (f"\ntracking:   {self.tracking}" if self.tracking else "")
                 + (f"\nlog:        {log}" if log else ""))
 
 
@@ -143,12 +147,21 @@ def run(spec: JobSpec, step_hook: Optional[StepHook] = None) -> Summary:
         "class_weights": _class_weights(spec, pre, train_raw),
     }
     trainer = _trainer(spec, layout, build_datasets(spec, pre, train_raw, val_raw), config)
+    watch = Watch.start(spec, layout, done)
     try:
-        with progress.following("train", "epoch", spec.train.epochs, done, lambda: _epochs_reported(spec.run_dir)):
+        with progress.following("train", "epoch", spec.train.epochs, done, lambda: _epochs_reported(spec.run_dir)), \
+                watch.following():
             trainer.fit()
     except (ray.train.TrainingFailedError, ray.exceptions.RayError) as exc:  # the reason, not Ray's traceback
+        watch.failed(runtime.root_cause(exc), time.perf_counter() - start)
         raise TrainingError(f"training failed: {runtime.root_cause(exc)}") from exc
-    return _summary(spec, start, resume_from)
+    except KeyboardInterrupt:
+        watch.failed("interrupted", time.perf_counter() - start)
+        raise
+    summary = _summary(spec, start, resume_from)
+    summary.report = watch.finished(summary.wall_s, summary.stopped_early)
+    summary.tracking = watch.tracker.describe() if watch.tracker else None
+    return summary
 
 
 def _class_weights(spec: JobSpec, pre: Any, train_raw: ray.data.Dataset) -> Optional[list[float]]:
@@ -168,15 +181,8 @@ def _class_weights(spec: JobSpec, pre: Any, train_raw: ray.data.Dataset) -> Opti
 
 
 def _epochs_reported(run_dir: str) -> int:
-    """The last epoch in the run's metrics.jsonl (rank 0 rewrites it every epoch; a line being
-    written is skipped); 0 before the first."""
-    epochs = [0]
-    for line in read_bytes(checkpoint.join(run_dir, checkpoint.METRICS)).decode().splitlines():
-        try:
-            epochs.append(json.loads(line)["epoch"])
-        except (ValueError, KeyError):
-            continue
-    return max(epochs)
+    """The last epoch in the run's metrics.jsonl; 0 before the first."""
+    return max((row.get("epoch", 0) for row in checkpoint.read_metrics(run_dir)), default=0)
 
 
 def _train_state(spec: JobSpec, resume_from: str) -> dict:

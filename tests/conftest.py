@@ -1,6 +1,7 @@
 """One embedded local Ray for the whole session, and small real data sets."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory) -> str:
+    """Every training run in the suite is tracked, into one sqlite store for the session: MLflow
+    creates a store's tables once (a second or two), not once per run's storage folder."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return uri
 
 
 @pytest.fixture(scope="session")

@@ -151,6 +151,17 @@ def test_early_stop_is_off_unless_given_a_patience_and_names_its_bad_fields():
     assert "needs early_stop.patience" in found["train.early_stop.min_delta"]
 
 
+def test_tracking_is_on_by_default_and_its_section_is_checked():
+    spec = specmod.parse(MINIMAL)
+    assert (spec.tracking.enabled, spec.tracking.uri, spec.tracking.experiment) == (True, None, None)
+    spec = specmod.parse({**MINIMAL, "tracking": {"uri": "http://mlflow:5000", "experiment": "digits"}})
+    assert specmod.parse(spec.to_dict()).tracking.uri == "http://mlflow:5000"
+    found = problems({**MINIMAL, "tracking": {"url": "http://mlflow:5000", "enabled": "yes"}})
+    assert found["tracking.url"] == "unknown key; did you mean 'uri'?"
+    assert found["tracking.enabled"] == "must be bool, got 'yes'"
+    assert problems({**MINIMAL, "tracking": {"experiment": " "}})["tracking.experiment"] == "must be a name or null"
+
+
 def test_label_smoothing_is_a_share_below_one_for_classification_only():
     assert specmod.parse({**MINIMAL, "train": {"label_smoothing": 0.1}}).train.label_smoothing == 0.1
     assert problems({**MINIMAL, "train": {"label_smoothing": 1.0}})["train.label_smoothing"] == "must be in [0, 1), got 1.0"

@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Union
 
+from distdl.preprocessors.image import MAX_PIXELS
 from distdl.specbase import Auto, check, knob
+from distdl.tasks.language_model import MAX_NEW_TOKENS
 
 
 @dataclass
@@ -43,6 +45,10 @@ class ServeSpec:
         for name in ("min_replicas", "max_batch_size", "max_ongoing_requests", "top_k", "max_body_bytes",
                      "max_items_per_request", "max_image_pixels", "max_text_chars", "max_new_tokens"):
             yield from check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        yield from check(self.max_image_pixels <= MAX_PIXELS, "max_image_pixels",
+                         f"must be <= {MAX_PIXELS}, the most any image is decoded to; got {self.max_image_pixels}")
+        yield from check(self.max_new_tokens <= MAX_NEW_TOKENS, "max_new_tokens",
+                         f"must be <= {MAX_NEW_TOKENS}; got {self.max_new_tokens}")
         yield from check(self.max_replicas >= self.min_replicas, "max_replicas",
                          f"must be >= min_replicas ({self.min_replicas}), got {self.max_replicas}")
         yield from check(self.max_ongoing_requests >= self.max_batch_size, "max_ongoing_requests",

@@ -2,8 +2,9 @@
 
 It loads a checkpoint once (safetensors + JSON, never unpickled) and maps a raw batch to
 prediction columns: the checkpoint's preprocessor decodes each row, its task (tasks/) turns
-the model's output into columns. Rows that cannot be decoded get an ``error`` message and
-null predictions instead of failing the batch: one bad row must not kill a million-row job.
+the model's output into columns. Rows that cannot be decoded, or whose forward pass fails
+(any exception, a MemoryError too), get an ``error`` message and null predictions instead of
+failing the batch: one bad row must not kill a million-row job, or a served batch of requests.
 The model runs in its family's inference form (``Family.for_inference``), and variable-length
 rows run in length-sorted sub-batches, so a batch of short texts does not pay for its longest.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import inspect
 import os
 import socket
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -65,6 +66,12 @@ def input_column(checkpoint_path: str) -> str:
     checks the input has it before any actor starts)."""
     task, pre, _ = _task_of(checkpoint_path)
     return _row_inputs(task, pre).input_column
+
+
+def failed(what: str, where: str, exc: BaseException) -> str:
+    """A row's error message for an exception that is not a BadInputError (a MemoryError's own text is empty)."""
+    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"{what} ({where}): {reason}"
 
 
 class DeviceError(RuntimeError):
@@ -124,7 +131,7 @@ class Predictor:
         if features is None:
             features, good = self._decode_each(batch, values, errors)
         out = {name: batch[name] for name in self.passthrough}
-        predicted = self._predict(features, good, len(values), {**self.options, **options})
+        predicted = self._predict(batch, features, good, errors, {**self.options, **options})
         return {**out, **predicted, "error": errors}
 
     def _decode_each(self, batch: dict[str, np.ndarray], values: np.ndarray,
@@ -134,28 +141,47 @@ class Predictor:
         for i, value in enumerate(values):
             try:
                 decoded.append(self.inputs.decode(value, self._where(batch, i)))
-            except BadInputError as exc:
+            except Exception as exc:  # a BadInputError says why; anything else is still this row's alone
                 decoded.append(None)
-                errors[i] = str(exc)
+                errors[i] = str(exc) if isinstance(exc, BadInputError) else failed("cannot decode",
+                                                                                    self._where(batch, i), exc)
         good = [i for i, d in enumerate(decoded) if d is not None]
         return (self.inputs.features([decoded[i] for i in good]) if good else None), good
 
-    def _predict(self, features: dict[str, np.ndarray] | None, good: list[int], n: int,
-                 options: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Prediction columns for all ``n`` rows from the ``features`` of rows ``good``; the
-        other rows stay null."""
-        columns = {name: np.full(n, None, dtype=object) for name in self.task.output_types}
-        if not good:
-            return columns
-        for rows in self._runs(features):
-            run = features if len(rows) == len(good) else {k: v[rows] for k, v in features.items()}
+    def _predict(self, batch: dict[str, np.ndarray], features: dict[str, np.ndarray] | None, good: list[int],
+                 errors: np.ndarray, options: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Prediction columns for every row of ``batch`` from the ``features`` of rows ``good``;
+        the other rows stay null, and a row whose forward pass fails gets its reason in ``errors``."""
+        columns = {name: np.full(len(errors), None, dtype=object) for name in self.task.output_types}
+        for run in self._runs(features) if good else []:
+            for rows, predicted in self._passes(features, run, options):
+                if isinstance(predicted, Exception):
+                    errors[good[rows[0]]] = failed("prediction failed", self._where(batch, good[rows[0]]), predicted)
+                    continue
+                for name, values in predicted.items():
+                    for example, value in zip(rows, values):
+                        columns[name][good[example]] = value
+        return columns
+
+    def _passes(self, features: dict[str, np.ndarray], rows: np.ndarray,
+                options: dict[str, Any]) -> Iterator[tuple[np.ndarray, dict[str, list] | Exception]]:
+        """(examples, their predictions) of one forward pass over ``rows``. If it fails, each row
+        is passed alone (a MemoryError of the whole run usually fits one row at a time), and a
+        row that fails by itself comes with its exception: only that row gets an error."""
+        whole = len(rows) == len(next(iter(features.values())))
+        run = features if whole else {k: v[rows] for k, v in features.items()}
+        try:
             with torch.inference_mode():
                 predicted = self.task.predict(self.model, {k: v.to(self.device) for k, v in to_tensors(run).items()},
                                               **options)
-            for name, values in predicted.items():
-                for example, value in zip(rows, values):
-                    columns[name][good[example]] = value
-        return columns
+        except Exception as exc:
+            if len(rows) == 1:
+                yield rows, exc
+            else:
+                for i in range(len(rows)):
+                    yield from self._passes(features, rows[i:i + 1], options)
+            return
+        yield rows, predicted
 
     def _runs(self, features: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The examples of each forward pass (indices into ``features``): all at once, or for

@@ -121,6 +121,9 @@ def test_the_serve_section_is_checked_and_travels_with_the_spec():
     assert found["serve.max_ongoing_requests"].startswith("must be >= max_batch_size (64)")
     assert found["serve.max_replicas"] == "must be >= min_replicas (1), got 0"
     assert found["serve.look_back_period_s"].startswith("must be > 10")
+    found = problems({**MINIMAL, "serve": {"max_image_pixels": 2**26, "max_new_tokens": 2**21}})
+    assert found["serve.max_image_pixels"].startswith(f"must be <= {2**24}, the most any image is decoded to")
+    assert found["serve.max_new_tokens"] == f"must be <= {2**20}; got {2**21}"
     spec = specmod.parse({**MINIMAL, "serve": {"max_replicas": 3}})
     assert specmod.parse(spec.to_dict()).serve.max_replicas == 3  # what a checkpoint's spec.yaml holds
 

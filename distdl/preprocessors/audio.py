@@ -17,6 +17,9 @@ import numpy as np
 from distdl.specbase import check, knob
 
 LOG_FLOOR = 1e-6  # keeps log() finite on digital silence
+# Sample rates accepted, both as the target and in a file's header: a header's rate sets how
+# far resampling stretches the file (a 4 KB file that declares 1 Hz would become 32 M samples at 16 kHz).
+MIN_RATE, MAX_RATE = 1000, 192000
 
 
 @dataclass
@@ -30,7 +33,8 @@ class AudioSpec:
     hop_ms: float = knob(10.0, help="step between frames")
 
     def problems(self) -> Iterator[tuple[str, str]]:
-        yield from check(1000 <= self.sample_rate <= 192000, "sample_rate", f"must be in [1000, 192000], got {self.sample_rate}")
+        yield from check(MIN_RATE <= self.sample_rate <= MAX_RATE, "sample_rate",
+                         f"must be in [{MIN_RATE}, {MAX_RATE}], got {self.sample_rate}")
         yield from check(self.n_mels >= 1, "n_mels", f"must be >= 1, got {self.n_mels}")
         yield from check(1 <= self.n_mfcc <= self.n_mels, "n_mfcc", f"must be in [1, n_mels], got {self.n_mfcc}")
         yield from check(self.frame_ms > 0, "frame_ms", f"must be > 0, got {self.frame_ms}")
@@ -50,15 +54,22 @@ class AudioSpec:
     def n_fft(self) -> int:
         return 1 << (self.frame_length - 1).bit_length()  # the next power of two
 
+    def max_samples(self, frames: int) -> int:
+        """The most samples (at ``sample_rate``) that ``features`` turns into at most ``frames`` frames."""
+        return self.frame_length + frames * self.hop_length - 1
+
     @property
     def size(self) -> int:
         """Features per frame."""
         return self.n_mfcc if self.features == "mfcc" else self.n_mels
 
 
-def read_wav(data: bytes, sample_rate: int) -> np.ndarray:
+def read_wav(data: bytes, sample_rate: int, max_samples: int | None = None) -> np.ndarray:
     """WAV bytes (PCM 8/16/24/32-bit or float, any channel count) -> mono float32 in [-1, 1]
-    at ``sample_rate``. Raises ValueError for anything that is not a readable WAV file."""
+    at ``sample_rate``. Raises ValueError for anything that is not a readable WAV file, a
+    header rate outside [MIN_RATE, MAX_RATE], or a clip longer than ``max_samples`` (None:
+    any length) at ``sample_rate``: both are checked on the raw samples (no larger than
+    ``data``), before conversion and resampling could expand them."""
     import scipy.io.wavfile  # here, as scipy.signal and .fft below: ~1 s of CPU that only audio models pay
     import scipy.signal
 
@@ -66,6 +77,12 @@ def read_wav(data: bytes, sample_rate: int) -> np.ndarray:
         rate, samples = scipy.io.wavfile.read(io.BytesIO(data))
     except (struct.error, EOFError) as exc:  # scipy's answer to a file cut off inside its header
         raise ValueError(f"not a complete WAV file: {exc}") from None
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise ValueError(f"WAV header declares {rate} Hz; accepted: {MIN_RATE} to {MAX_RATE} Hz")
+    resampled = -(-len(samples) * sample_rate // rate)  # ceil: what resample_poly returns
+    if max_samples is not None and resampled > max_samples:
+        raise ValueError(f"clip of {len(samples) / rate:.2f} s is {resampled} samples at {sample_rate} Hz, "
+                         f"more than the {max_samples} that fit max_length")
     if samples.dtype == np.uint8:  # 8-bit WAV is unsigned, centred on 128
         samples = (samples.astype(np.float32) - 128.0) / 128.0
     elif np.issubdtype(samples.dtype, np.integer):  # 24-bit arrives left-justified in int32

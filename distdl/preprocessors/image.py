@@ -19,6 +19,16 @@ from distdl.paths import read_bytes
 from distdl.preprocessors.base import BadInputError, JsonState, fit_classes, require_column, transform
 from distdl.specbase import check, knob
 
+# The image file formats decoded, as the docs and error messages name them (PIL's ids are
+# these upper-cased): PIL's other decoders (PSD, EPS, ICNS, XPM, ...) are parsers nobody
+# asked to expose to uploaded bytes.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WebP", "TIFF")
+PIL_FORMATS = [f.upper() for f in FORMATS]
+# The most pixels (width x height, read from the header) an image file may declare before it is
+# decoded: a 20 KB PNG can declare 400 M pixels (1.2 GB as RGB). Serving's max_image_pixels
+# refuses larger ones earlier (413); this refuses them in scoring and training too.
+MAX_PIXELS = 2**24
+
 
 @dataclass
 class ImagePreprocessSpec:
@@ -106,11 +116,11 @@ class ImagePreprocessor(JsonState):
             if isinstance(value, str):
                 value = read_bytes(value)
             if isinstance(value, (bytes, bytearray)):
-                return self._from_pil(Image.open(io.BytesIO(value)))
+                return self._from_pil(open_image(value))
             return self._from_array(np.asarray(value))
         except UnidentifiedImageError:
             raise BadInputError(f"cannot decode image in column '{self.input_column}' ({where}): "
-                                "not a readable image file (PNG, JPEG, BMP, GIF, WebP, TIFF)") from None
+                                f"not a readable image file ({', '.join(FORMATS)})") from None
         except Exception as exc:  # our own checks, and the many types PIL and numpy raise: name the row
             raise BadInputError(f"cannot decode image in column '{self.input_column}' ({where}): {exc}") from exc
 
@@ -147,6 +157,15 @@ class ImagePreprocessor(JsonState):
         mean, std = [round(m, 4) for m in self.mean], [round(s, 4) for s in self.std]
         labels = f"{len(self.classes)} classes" if self.classes else "unlabelled"
         return f"{labels}; {self.size}x{self.size}x{self.channels} images; mean={mean} std={std}"
+
+
+def open_image(data: bytes) -> Image.Image:
+    """An image file of one of FORMATS, its header read (no pixels decoded yet); raises for
+    more than MAX_PIXELS, and UnidentifiedImageError for other formats."""
+    img = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
+    if img.width * img.height > MAX_PIXELS:
+        raise BadInputError(f"image of {img.width}x{img.height} pixels; at most {MAX_PIXELS} are decoded")
+    return img
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

@@ -77,7 +77,8 @@ class SequencePreprocessor(JsonState):
         if not isinstance(value, (bytes, bytearray)):
             raise BadInputError(f"expected wav bytes or a file path, got {type(value).__name__}")
         spec = audio.AudioSpec(**self.audio)
-        return audio.features(audio.read_wav(bytes(value), spec.sample_rate), spec)
+        samples = audio.read_wav(bytes(value), spec.sample_rate, spec.max_samples(self.max_length))
+        return audio.features(samples, spec)
 
     def _numbers(self, value: Any) -> np.ndarray:
         if value is None or isinstance(value, (str, bytes)):

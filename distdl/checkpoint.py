@@ -234,6 +234,12 @@ def read_metrics(run_dir: str) -> list[dict]:
     return rows
 
 
+def scalars(row: dict[str, Any]) -> dict[str, float]:
+    """The numbers of an epoch's metrics row, without detail such as a confusion matrix or the
+    per-class table: what the console line, ray.train.report, MLflow and the run listing show."""
+    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def write_metrics(run_dir: str, history: list[dict]) -> None:
     """Rewrite metrics.jsonl from the checkpointed history, so a restart never duplicates lines."""
     fs, inner = filesystem(run_dir)

@@ -185,12 +185,6 @@ def _quiet_report_log() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
-def scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    """The numbers of an epoch's metrics, without detail such as a confusion matrix (metrics.jsonl
-    keeps that): what the console line and ray.train.report show."""
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-
-
 def _is_better(value: float, best: Optional[float], mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
@@ -264,7 +258,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             task.epoch_end(model, run_dir, epoch)  # e.g. the gan's sample grid
             _save_epoch(model, optimizers, family, model_cfg, preprocessor, spec, state, ckpt_spec, run_dir)
-        ray.train.report(scalars(metrics))
+        ray.train.report(checkpoint.scalars(metrics))
         if stopped:
             break
         if epoch < last and may_stop:
@@ -282,7 +276,7 @@ def _save_epoch(model, optimizers, family, model_cfg, preprocessor, spec, state,
     stopped early); best/ copy."""
     metrics, epoch = state["history"][-1], state["epoch"]
     checkpoint.write_metrics(run_dir, state["history"])
-    shown = " ".join(f"{k}={v:.4g}" for k, v in scalars(metrics).items() if k != "epoch")
+    shown = " ".join(f"{k}={v:.4g}" for k, v in checkpoint.scalars(metrics).items() if k != "epoch")
     say(f"epoch {epoch}/{spec['train']['epochs']} {shown}")
     stopped = state.get("stopped_early")
     if stopped:

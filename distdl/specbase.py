@@ -140,3 +140,15 @@ def check(condition: bool, field: str, message: str) -> Iterator[tuple[str, str]
     """Yield one problem when ``condition`` is false; reads well inside ``problems()``."""
     if not condition:
         yield field, message
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys, e.g. {"train": {"lr": 0.01}} -> {"train.lr": 0.01}; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat

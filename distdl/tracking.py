@@ -18,6 +18,7 @@ from distdl import checkpoint
 from distdl.logs import say
 from distdl.paths import is_uri
 from distdl.polling import polling
+from distdl.specbase import flatten
 
 DEFAULT_DB = "mlflow.db"
 ARTIFACTS = "mlartifacts"  # beside a sqlite store: MLflow's own default is ./mlruns in the working directory
@@ -51,22 +52,14 @@ def _artifact_location(uri: str) -> Optional[str]:
     return (Path(uri[len(SQLITE):]).parent / ARTIFACTS).resolve().as_uri()
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
-    """A nested spec as MLflow params: dotted keys, values as text (mappings and lists as JSON)."""
-    out: dict[str, str] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value if isinstance(value, str) else json.dumps(value)
-    return out
+def as_params(spec: dict) -> dict[str, str]:
+    """A resolved spec as MLflow params: dotted keys, values as text (lists and empty mappings as JSON)."""
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in flatten(spec).items()}
 
 
 def numbers(row: dict) -> dict[str, float]:
-    """An epoch's scalar metrics (not the epoch itself, nor detail such as a confusion matrix)."""
-    return {k: float(v) for k, v in row.items()
-            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """An epoch's scalar metrics as MLflow logs them: the epoch is their step, not a metric."""
+    return {k: float(v) for k, v in checkpoint.scalars(row).items() if k != "epoch"}
 
 
 def _warn(uri: str, exc: BaseException) -> None:
@@ -116,7 +109,7 @@ class Tracker:
             client.update_run(previous["run_id"], status="RUNNING")  # a resume: the same MLflow run
             return cls(client, uri, name, previous["run_id"], done_epochs)
         run_id = client.create_run(experiment_id, run_name=spec.name, tags=_tags(record)).info.run_id
-        params = [Param(k, v) for k, v in flatten(spec.to_dict()).items()]
+        params = [Param(k, v) for k, v in as_params(spec.to_dict()).items()]
         for at in range(0, len(params), PARAMS_PER_CALL):
             client.log_batch(run_id, params=params[at:at + PARAMS_PER_CALL])
         return cls(client, uri, name, run_id, 0)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distdl import class_weights, loop
+from distdl import checkpoint, class_weights, loop
 from distdl.tasks.classification import Classification
 
 
@@ -34,7 +34,7 @@ def test_confusion_matrix_and_per_class_scores_over_two_batches():
     assert table["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 3}
     assert result["val_macro_f1"] == pytest.approx((4 / 7 + 2 / 3 + 0) / 3)
     assert result["val_accuracy"] == 0.5
-    assert set(loop.scalars(result)) == {"val_loss", "val_accuracy", "val_macro_f1"}
+    assert set(checkpoint.scalars(result)) == {"val_loss", "val_accuracy", "val_macro_f1"}
 
 
 def test_a_class_neither_seen_nor_predicted_does_not_count_in_macro_f1():
@@ -56,18 +56,20 @@ class Linear(nn.Module):
         return self.layer(x)
 
 
-def test_label_smoothing_changes_the_training_loss_not_val_loss():
+@pytest.mark.parametrize("smoothing, weights", [(0.2, None), (0.0, [1.0, 4.0, 0.5])])
+def test_label_smoothing_and_class_weights_change_the_training_loss_not_val_loss(smoothing, weights):
     torch.manual_seed(0)
     model = Linear()
     batch = {"x": torch.randn(8, 4), "y": torch.arange(8) % 3}
-    plain, smoothed = (Classification(SimpleNamespace(classes=[0, 1, 2])) for _ in range(2))
+    plain, changed = (Classification(SimpleNamespace(classes=[0, 1, 2])) for _ in range(2))
     plain.configure({"label_smoothing": 0.0})
-    smoothed.configure({"label_smoothing": 0.2})
+    changed.configure({"label_smoothing": smoothing}, weights)
     with torch.no_grad():
-        expected = F.cross_entropy(model(batch["x"]), batch["y"], label_smoothing=0.2).item()
-        assert smoothed.loss(model, batch)[0].item() == pytest.approx(expected)
+        weight = torch.tensor(weights) if weights else None
+        expected = F.cross_entropy(model(batch["x"]), batch["y"], weight=weight, label_smoothing=smoothing).item()
+        assert changed.loss(model, batch)[0].item() == pytest.approx(expected)
         assert plain.loss(model, batch)[0].item() != pytest.approx(expected)
-    assert plain.eval_sums(model, batch)["loss"] == smoothed.eval_sums(model, batch)["loss"]
+    assert plain.eval_sums(model, batch)["loss"] == changed.eval_sums(model, batch)["loss"]
 
 
 def test_per_class_detail_is_left_out_for_many_classes():
@@ -84,22 +86,3 @@ def test_class_weights_resolve_to_one_weight_per_class():
     assert class_weights.resolve({"dog": 3, "7": 0.5}, classes) == [1.0, 3.0, 0.5]  # YAML may key 7 as "7"
     with pytest.raises(ValueError, match=r"train.class_weights: 'cow' is not one of the 3 classes"):
         class_weights.resolve({"cow": 2.0}, classes)
-
-
-def test_class_weights_weight_the_training_loss_not_val_loss():
-    torch.manual_seed(0)
-    model = Linear()
-    batch = {"x": torch.randn(8, 4), "y": torch.arange(8) % 3}
-    plain, weighted = (Classification(SimpleNamespace(classes=[0, 1, 2])) for _ in range(2))
-    plain.configure({"label_smoothing": 0.0})
-    weighted.configure({"label_smoothing": 0.0}, [1.0, 4.0, 0.5])
-    with torch.no_grad():
-        expected = F.cross_entropy(model(batch["x"]), batch["y"], weight=torch.tensor([1.0, 4.0, 0.5])).item()
-        assert weighted.loss(model, batch)[0].item() == pytest.approx(expected)
-        assert plain.loss(model, batch)[0].item() != pytest.approx(expected)
-    assert plain.eval_sums(model, batch)["loss"] == weighted.eval_sums(model, batch)["loss"]
-
-
-def test_label_counts_take_one_pass_over_the_label_column(ray_session):
-    ds = ray_session.data.from_items([{"label": label, "x": i} for i, label in enumerate("aabbbc")])
-    assert class_weights.label_counts(ds, "label") == {"a": 2, "b": 3, "c": 1}

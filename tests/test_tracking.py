@@ -35,8 +35,8 @@ def test_the_store_is_the_spec_s_uri_then_the_environment_s_then_a_sqlite_file_b
 
 
 def test_a_spec_becomes_dotted_params_and_an_epoch_its_scalar_metrics():
-    params = tracking.flatten({"train": {"lr": 0.01, "early_stop": {"patience": None}}, "name": "x",
-                               "train_weights": {"a": 2}, "empty": {}})
+    params = tracking.as_params({"train": {"lr": 0.01, "early_stop": {"patience": None}}, "name": "x",
+                                 "train_weights": {"a": 2}, "empty": {}})
     assert params == {"train.lr": "0.01", "train.early_stop.patience": "null", "name": "x",
                       "train_weights.a": "2", "empty": "{}"}
     row = {"epoch": 3, "val_loss": 0.5, "lr": 1e-3, "val_confusion": [[1, 0], [0, 1]], "val_per_class": {}}

@@ -3,6 +3,8 @@
     run.py      train, score, validate, generate, demo-data, import
     serve.py    serve
     cluster.py  submit, jobs, k8s render
+    runs.py     runs (list, --compare)
+    report.py   report
     common.py   arguments several commands share
 
 Each command imports what it needs when it runs, so `distdl --help`, a command's --help and a
@@ -14,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distdl.cli import cluster, run, serve
+from distdl.cli import cluster, report, run, runs, serve
 from distdl.specbase import SpecError
 
 EPILOG = """examples:
@@ -29,6 +31,8 @@ EPILOG = """examples:
   distdl submit jobs/cnn_digits.yaml --address http://HEAD:8265 --follow   # a Ray job on a cluster
   distdl k8s render train jobs/x.yaml --image REGISTRY/distdl:0.1.0 --set storage=s3://BUCKET/runs
   distdl score --checkpoint runs/gan_digits/best --generate 10000 --seed 1 --output out/samples/
+  distdl runs --compare cnn_digits cnn_digits_lr01        # spec diff, metrics, compare.html
+  distdl report runs/cnn_digits                           # runs/cnn_digits/report.html
 
 Ray's own output (its INFO/WARNING lines, worker output) goes to a log file that the command
 names; -v/--verbose shows it instead.
@@ -46,10 +50,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_validate(sub)
     cluster.add_parsers(sub)
     run.add_tools(sub)
+    runs.add_parser(sub)
+    report.add_parser(sub)
     return p
 
 
-COMMANDS = {**run.COMMANDS, **serve.COMMANDS, **cluster.COMMANDS}
+COMMANDS = {**run.COMMANDS, **serve.COMMANDS, **cluster.COMMANDS, **runs.COMMANDS, **report.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

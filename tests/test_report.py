@@ -6,6 +6,8 @@ import base64
 import io
 import json
 import re
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -97,11 +99,19 @@ def test_classifier_report_is_self_contained_and_counts_the_validation_rows(tmp_
     for section in ("Learning curves", "Confusion matrix", "Per class", "Layout", "Spec"):
         assert f"<h2>{section}</h2>" in html
     assert "best val_accuracy (max)" in html and "0.8 at epoch 3" in html
-    assert "skipped: reading the validation rows needs Ray" in html  # no Ray in this test
     assert "unknown: this run has no run.json" in html  # an older run: layout unknown
     pngs = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     assert len(pngs) >= 7  # 5 learning curves, the heatmap, the accuracy/F1 chart
     assert all(Image.open(io.BytesIO(base64.b64decode(p))).format == "PNG" for p in pngs)
+
+
+@pytest.mark.e2e
+def test_without_a_connected_ray_the_examples_section_says_it_was_skipped(tmp_path):
+    run_dir = cnn_run(tmp_path, classifier_history())
+    # A process of its own: in the suite the session's Ray may already be connected in this one.
+    subprocess.run([sys.executable, "-c", "import sys; from distdl.report import write; write(sys.argv[1])",
+                    str(run_dir)], check=True, timeout=300)
+    assert "skipped: reading the validation rows needs Ray" in (run_dir / "report.html").read_text()
 
 
 def test_run_json_gives_status_and_layout(tmp_path):

@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import ray
 import ray.data
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
 from distdl import checkpoint, class_weights, data, early_stop, models, progress, runtime
@@ -80,7 +80,8 @@ def build_datasets(spec: JobSpec, pre: Any, train_raw: ray.data.Dataset,
     return {"train": train_ds, "val": val_ds}
 
 
-def _trainer(spec: JobSpec, layout: Layout, datasets: dict, config: dict) -> TorchTrainer:
+def _trainer(spec: JobSpec, layout: Layout, datasets: dict, config: dict,
+             callbacks: Sequence[UserCallback] = ()) -> TorchTrainer:
     resources = {"CPU": layout.cpus_per_worker}
     if layout.use_gpu:
         resources["GPU"] = layout.gpus_per_worker
@@ -96,6 +97,7 @@ def _trainer(spec: JobSpec, layout: Layout, datasets: dict, config: dict) -> Tor
             # Checkpoints are written by rank 0 into the run folder (checkpoint.py), not
             # handed to Ray: only metrics go through ray.train.report.
             checkpoint_config=CheckpointConfig(num_to_keep=None),
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
     )
@@ -111,8 +113,9 @@ def require_writable_storage(spec: JobSpec) -> None:
         raise TrainingError(f"storage {spec.storage}: cannot create the run folder {spec.run_dir}: {exc}") from exc
 
 
-def run(spec: JobSpec, step_hook: Optional[StepHook] = None) -> Summary:
-    """Train ``spec`` on the connected Ray cluster (see runtime.connect); resumes a run of the same name."""
+def run(spec: JobSpec, step_hook: Optional[StepHook] = None, callbacks: Sequence[UserCallback] = ()) -> Summary:
+    """Train ``spec`` on the connected Ray cluster (see runtime.connect); resumes a run of the same name.
+    ``callbacks``: Ray Train callbacks of the run (a Tune trial's TuneReportCallback, distdl.tune)."""
     start = time.perf_counter()
     require_writable_storage(spec)
     cluster = Cluster.current()
@@ -146,7 +149,7 @@ def run(spec: JobSpec, step_hook: Optional[StepHook] = None) -> Summary:
         "threads": layout.threads_per_worker, "step_hook": step_hook,
         "class_weights": _class_weights(spec, pre, train_raw),
     }
-    trainer = _trainer(spec, layout, build_datasets(spec, pre, train_raw, val_raw), config)
+    trainer = _trainer(spec, layout, build_datasets(spec, pre, train_raw, val_raw), config, callbacks)
     watch = Watch.start(spec, layout, done)
     try:
         with progress.following("train", "epoch", spec.train.epochs, done, lambda: _epochs_reported(spec.run_dir)), \

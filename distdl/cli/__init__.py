@@ -5,6 +5,7 @@
     cluster.py  submit, jobs, k8s render
     runs.py     runs (list, --compare)
     report.py   report
+    tune.py     tune
     common.py   arguments several commands share
 
 Each command imports what it needs when it runs, so `distdl --help`, a command's --help and a
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distdl.cli import cluster, report, run, runs, serve
+from distdl.cli import cluster, report, run, runs, serve, tune
 from distdl.specbase import SpecError
 
 EPILOG = """examples:
@@ -33,6 +34,7 @@ EPILOG = """examples:
   distdl score --checkpoint runs/gan_digits/best --generate 10000 --seed 1 --output out/samples/
   distdl runs --compare cnn_digits cnn_digits_lr01        # spec diff, metrics, compare.html
   distdl report runs/cnn_digits                           # runs/cnn_digits/report.html
+  distdl tune jobs/cnn_digits.yaml --search train.lr=loguniform:1e-4:1e-1 --trials 8 --scheduler asha
 
 Ray's own output (its INFO/WARNING lines, worker output) goes to a log file that the command
 names; -v/--verbose shows it instead.
@@ -52,10 +54,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_tools(sub)
     runs.add_parser(sub)
     report.add_parser(sub)
+    tune.add_parser(sub)
     return p
 
 
-COMMANDS = {**run.COMMANDS, **serve.COMMANDS, **cluster.COMMANDS, **runs.COMMANDS, **report.COMMANDS}
+COMMANDS = {**run.COMMANDS, **serve.COMMANDS, **cluster.COMMANDS, **runs.COMMANDS, **report.COMMANDS,
+            **tune.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,64 @@
+"""`distdl tune`: a hyperparameter sweep of one job spec on Ray Tune (distdl.tune).
+
+The spec, the search space and the settings are checked before Ray starts; the table, the
+best checkpoint and tune.json are written at the end. Re-running the same command resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from distdl.cli.common import at_least, spec_args, verbose_arg
+from distdl.paths import is_uri
+
+FLAGS = ("trials", "max_concurrent", "scheduler", "grace_period", "algorithm")  # TuneSpec fields set by flags
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="search hyperparameters: many trials of one job spec on Ray Tune",
+                       description="Run trials of a job spec with searched values, each a distdl training run "
+                       "in <storage>/<name>/trials/<trial>; the best trial's checkpoint goes to "
+                       "<storage>/<name>/best. Flags override the spec's `tune:` section. Re-running the same "
+                       "command resumes the sweep without redoing finished trials.")
+    spec_args(p)
+    p.add_argument("--search", action="append", default=[], metavar="FIELD=KIND:ARGS",
+                   help="a searched field: choice:16,32,64 | grid:16,32,64 | uniform:LOW:HIGH | "
+                   "loguniform:LOW:HIGH | randint:LOW:HIGH (inclusive); repeatable")
+    p.add_argument("--trials", type=at_least(1), help="samples from the search space (default 8); "
+                   "grid fields run every combination per sample")
+    p.add_argument("--max-concurrent", type=at_least(1),
+                   help="trials at a time (default: as many as the cluster holds, CPU kept for Ray Data)")
+    p.add_argument("--scheduler", choices=("fifo", "asha", "median"),
+                   help="asha or median stop poor trials after --grace-period epochs (default fifo: never)")
+    p.add_argument("--grace-period", type=at_least(1), help="epochs before a trial may be stopped (default 1)")
+    p.add_argument("--algorithm", choices=("random", "optuna", "hyperopt"),
+                   help="random (default); optuna and hyperopt need their package")
+    p.add_argument("--address", default=None, help="Ray cluster to use (as for train)")
+    p.add_argument("--fresh", action="store_true", help="delete an existing local sweep folder instead of resuming it")
+    verbose_arg(p)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from distdl.tune import search
+
+    sweep = search.load(args.spec, args.overrides, args.search, {name: getattr(args, name) for name in FLAGS})
+    spec = sweep.spec
+    if args.fresh and not is_uri(spec.run_dir) and Path(spec.run_dir).exists():
+        print(f"[distdl] --fresh: removing {spec.run_dir}")
+        shutil.rmtree(spec.run_dir)
+    from distdl import data, logs, runtime, train  # Ray is imported only once the sweep is known to be valid
+    from distdl.tune import run
+
+    data.infer_format(spec.data.train)  # a missing path fails here, before Ray starts
+    if spec.data.val:
+        data.infer_format(spec.data.val)
+    train.require_writable_storage(spec)
+    log = None if args.verbose else logs.log_file(f"{spec.run_dir}/logs", "tune")
+    with logs.capture(log), runtime.session(args.address):
+        outcome = run.sweep(sweep)
+        logs.say(outcome.describe(spec.checkpoint.best_metric) + (f"\nlog: {log}" if log else ""))
+    return 0
+
+
+COMMANDS = {"tune": _tune}

@@ -11,13 +11,18 @@ A checkpoint is a folder (local or URI) holding nothing that needs unpickling:
     COMPLETE               written last; a folder without it is ignored
 
 A run folder ``<storage>/<name>`` holds ``checkpoints/epoch_NNNN`` (the newest ``keep``),
-``best/`` (a copy of the best by the chosen metric) and ``metrics.jsonl``.
+``best/`` (a copy of the best by the chosen metric; on local disk a symlink to a hidden
+``.best-<id>/``, swapped atomically: see copy) and ``metrics.jsonl``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -113,15 +118,52 @@ def prune(run_dir: str, keep: int) -> None:
 
 
 def copy(src: str, dest: str) -> None:
-    """Copy a complete checkpoint folder; the marker is copied last."""
-    src_fs, src_inner = filesystem(src)
+    """Copy a complete checkpoint folder to ``dest`` (``best/``), replacing what is there so that a
+    reader (a replica restarting while training improves best/) never loads a half-written folder.
+
+    Local disk and file:// URIs: ``dest`` is a relative symlink to a hidden sibling folder that is
+    written in full first, then swapped in with one os.replace; the reader sees the old or the new
+    checkpoint, never neither. Object stores (s3://, gs://) cannot rename: ``dest`` is rewritten in
+    place with its marker removed first and copied last, so a reader meanwhile finds no complete
+    checkpoint (a clear error) rather than a half-written one that claims to be complete."""
     dest_fs, dest_inner = filesystem(dest)
+    if isinstance(dest_fs, pyarrow.fs.LocalFileSystem):
+        _swap_in(src, Path(dest_inner))
+        return
+    if dest_fs.get_file_info(join(dest_inner, MARKER)).type == pyarrow.fs.FileType.File:
+        dest_fs.delete_file(join(dest_inner, MARKER))
+    _copy_files(src, dest_fs, dest_inner)
+
+
+def _copy_files(src: str, dest_fs: pyarrow.fs.FileSystem, dest_inner: str) -> None:
+    """Fill ``dest_inner`` with the files of checkpoint ``src``; the marker is copied last."""
+    src_fs, src_inner = filesystem(src)
     dest_fs.delete_dir_contents(dest_inner, missing_dir_ok=True)
     dest_fs.create_dir(dest_inner, recursive=True)
     for info in src_fs.get_file_info(pyarrow.fs.FileSelector(src_inner)):
         if info.base_name != MARKER:
             pyarrow.fs.copy_files(info.path, join(dest_inner, info.base_name), src_fs, dest_fs)
     pyarrow.fs.copy_files(join(src_inner, MARKER), join(dest_inner, MARKER), src_fs, dest_fs)
+
+
+def _swap_in(src: str, dest: Path) -> None:
+    """Write ``src`` to ``.<dest>-<id>/`` beside ``dest``, then point the symlink ``dest`` at it."""
+    target = dest.with_name(f".{dest.name}-{uuid.uuid4().hex[:12]}")
+    _copy_files(src, pyarrow.fs.LocalFileSystem(), str(target))
+    link = target.with_name(target.name + ".link")
+    link.symlink_to(target.name)  # relative: the run folder may be mounted at another path elsewhere
+    if dest.is_dir() and not dest.is_symlink():  # a plain folder (older distdl): moved aside, once
+        dest.rename(dest.with_name(f".{dest.name}-{uuid.uuid4().hex[:12]}"))
+    os.replace(link, dest)  # atomic on POSIX: dest names the old complete folder, then the new one
+    # The folder replaced, and any left by a copy that crashed before its swap.
+    stale = re.compile(rf"\.{re.escape(dest.name)}-[0-9a-f]{{12}}(\.link)?")
+    for path in dest.parent.iterdir():
+        if path == target or not stale.fullmatch(path.name):
+            continue
+        if path.is_symlink():
+            path.unlink()
+        else:
+            shutil.rmtree(path)
 
 
 # ---- finding -----------------------------------------------------------------------------
@@ -207,10 +249,15 @@ def load_train_state(path: str) -> tuple[dict, dict[str, dict] | None]:
 
 
 def identity(path: str) -> str:
-    """A hash of the weights and the preprocessor: equal iff two checkpoints score alike."""
+    """A hash of everything that decides a checkpoint's outputs: the weights, model.json (the
+    architecture and flags such as an embedder's normalize) and the preprocessor. Equal iff two
+    checkpoints score alike. Each file is framed by its name and length, so no two different
+    sets of files hash the same by shifting bytes from one file into the next."""
     digest = hashlib.sha256()
-    for name in ("model.safetensors", "preprocessor.json"):
-        digest.update(read_bytes(join(path, name)))
+    for name in ("model.safetensors", "model.json", "preprocessor.json"):
+        content = read_bytes(join(path, name))
+        digest.update(f"{name}\0{len(content)}\0".encode())
+        digest.update(content)
     return digest.hexdigest()
 
 

@@ -30,6 +30,8 @@ class TrackingSpec:
                                          "runs (artifacts in `<storage>/mlartifacts`; a URI storage needs a "
                                          "tracking URI)")
     experiment: Optional[str] = knob(None, help="MLflow experiment; null: the spec's `name`")
+    parent_run_id: Optional[str] = knob(None, help="an MLflow run this run is nested under (`distdl tune` sets it "
+                                                   "to the sweep's run for each trial)")
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from check(self.uri is None or bool(self.uri.strip()), "uri", "must be a tracking URI or null")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import shlex
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import ray
 import yaml
@@ -22,9 +22,20 @@ from distdl.serve import export_config
 
 SPEC_MOUNT = "/etc/distdl"
 SERVE_PORT = 8000
-# The base image's user "ray" (uid 1000, group users=100); containers drop every capability.
-POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100}
+# Every pod meets the "restricted" Pod Security Standard: the base image's user "ray" (uid 1000,
+# group users=100), the runtime's default seccomp profile, no capability, no privilege escalation.
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100,
+                "seccompProfile": {"type": "RuntimeDefault"}}
 CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+# No pod mounts its service-account token: job code has no use for the Kubernetes API. Only the
+# autoscaler (KubeRay's sidecar in the head pod) needs it, so it alone mounts the same projected
+# volume that Kubernetes would otherwise give every container.
+API_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+API_TOKEN_VOLUME = {"name": "kube-api-access", "projected": {"sources": [
+    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+]}}
 HEAD_RESOURCES = {"cpu": "2", "memory": "8Gi"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 # The check KubeRay itself gives RayService workers (raylet alive and Serve proxy up), made explicit.
@@ -81,7 +92,7 @@ def _container(name: str, image: str, resources: dict, ports: Optional[dict[str,
 
 
 def _pod(container: dict, gpus: int = 0, volumes: list[dict] = (), restart: Optional[str] = None) -> dict:
-    spec = {"securityContext": POD_SECURITY, "containers": [container]}
+    spec = {"securityContext": POD_SECURITY, "automountServiceAccountToken": False, "containers": [container]}
     if gpus:
         spec["tolerations"] = [GPU_TOLERATION]
     if volumes:
@@ -91,12 +102,12 @@ def _pod(container: dict, gpus: int = 0, volumes: list[dict] = (), restart: Opti
     return {"spec": spec}
 
 
-def _head(image: str, config_map: Optional[str] = None) -> dict:
+def _head(image: str, config_map: Optional[str] = None, env: list[dict] = ()) -> dict:
     """num-cpus 0: the head keeps its CPUs for the GCS, the dashboard and job drivers."""
     ports = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": SERVE_PORT}
     mounts = [{"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True}] if config_map else []
     volumes = [{"name": "spec", "configMap": {"name": config_map}}] if config_map else []
-    container = _container("ray-head", image, HEAD_RESOURCES, ports, mounts)
+    container = _container("ray-head", image, HEAD_RESOURCES, ports, mounts, env)
     return {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
             "template": _pod(container, volumes=volumes)}
 
@@ -118,8 +129,11 @@ def cluster_spec(head: dict, workers: list[dict], autoscale: bool) -> dict:
     spec = {"rayVersion": ray.__version__, "enableInTreeAutoscaling": autoscale,
             "authOptions": {"mode": "token"}, "headGroupSpec": head, "workerGroupSpecs": workers}
     if autoscale:
+        head["template"]["spec"].setdefault("volumes", []).append(API_TOKEN_VOLUME)
         spec["autoscalerOptions"] = {"upscalingMode": "Default", "idleTimeoutSeconds": 120,
-                                     "securityContext": CONTAINER_SECURITY}
+                                     "securityContext": CONTAINER_SECURITY, "volumeMounts": [
+                                         {"name": API_TOKEN_VOLUME["name"], "mountPath": API_TOKEN_DIR,
+                                          "readOnly": True}]}
     return spec
 
 
@@ -160,17 +174,21 @@ def _train_nodes(scaling: specmod.ScalingSpec, gpus: int) -> int:
     return scaling.num_workers
 
 
-def train_job(spec_path: str, overrides: list[str], shape: Shape) -> list[dict]:
-    """A ConfigMap with the job spec and a RayJob that trains it."""
+def train_job(spec_path: str, overrides: list[str], shape: Shape, command: Sequence[str] = ("train",),
+              concurrent: Union[str, int] = 1) -> list[dict]:
+    """A ConfigMap with the job spec and a RayJob that runs ``distdl COMMAND SPEC`` on it: trains
+    it, or (``["tune", flags...]``) sweeps it with ``concurrent`` trials at a time."""
     raw = specmod.read_raw(spec_path, overrides)
     spec = specmod.parse(raw)  # every field checked here, before any manifest exists
     require_uris(specmod.path_fields(raw))
     gpus = shape.gpus if shape.gpus is not None else int(spec.scaling.use_gpu is not False)
-    shape = replace(shape, gpus=gpus, nodes=shape.nodes or _train_nodes(spec.scaling, gpus))
-    name = f"distdl-train-{k8s_name(spec.name)}"
+    trials = concurrent if isinstance(concurrent, int) else 1  # auto: as many as the pods hold
+    shape = replace(shape, gpus=gpus, nodes=shape.nodes or trials * _train_nodes(spec.scaling, gpus))
+    name = f"distdl-{command[0]}-{k8s_name(spec.name)}"
     config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{name}-spec"},
                   "data": {"spec.yaml": specmod.dump(spec)}}
-    return [config_map, _rayjob(name, ["train", f"{SPEC_MOUNT}/spec.yaml"], shape, config_map=f"{name}-spec")]
+    entrypoint = [command[0], f"{SPEC_MOUNT}/spec.yaml", *command[1:]]
+    return [config_map, _rayjob(name, entrypoint, shape, config_map=f"{name}-spec")]
 
 
 def score_job(argv: list[str], paths: dict[str, str], gpus_per_actor: float, shape: Shape) -> list[dict]:
@@ -184,7 +202,8 @@ def score_job(argv: list[str], paths: dict[str, str], gpus_per_actor: float, sha
 
 def rayservice(checkpoints: list[str], api_key_env: Optional[str], shape: Shape, name: str = "distdl") -> list[dict]:
     """Serve the checkpoints: replicas autoscale inside Ray Serve, worker pods with the in-tree
-    autoscaler. An API key comes from the Secret <name>-api-key (key: api-key) into api_key_env."""
+    autoscaler. An API key comes from the Secret <name>-api-key (key: api-key) into api_key_env, on
+    the head as well as the workers: the ingress (num_cpus 0) may be placed on the head."""
     require_uris({f"--checkpoint[{i}]": c for i, c in enumerate(checkpoints)})
     shape = replace(shape, gpus=shape.gpus or 0, nodes=shape.nodes or 1)
     env = [{"name": api_key_env, "valueFrom": {"secretKeyRef": {"name": f"{name}-api-key", "key": "api-key"}}}] \
@@ -192,7 +211,7 @@ def rayservice(checkpoints: list[str], api_key_env: Optional[str], shape: Shape,
     workers = [_workers("gpu" if shape.gpus else "cpu", shape, shape.nodes, shape.max_nodes, SERVE_READINESS, env)]
     return [_resource("RayService", name, {
         "serveConfigV2": yaml.safe_dump(export_config(checkpoints, api_key_env=api_key_env), sort_keys=False),
-        "rayClusterConfig": cluster_spec(_head(shape.image), workers, autoscale=True),
+        "rayClusterConfig": cluster_spec(_head(shape.image, env=env), workers, autoscale=True),
     })]
 
 

@@ -19,6 +19,7 @@ from distdl.experiment_spec import EarlyStopSpec, TrackingSpec
 from distdl.inference_spec import ScoreSpec, ServeSpec
 from distdl.paths import exists, is_uri
 from distdl.specbase import Auto, SpecError, check, from_dict, knob, to_dict, unknown_key
+from distdl.tune.settings import TuneSpec
 
 DATA_FORMATS = ("parquet", "csv", "jsonl", "image_folder", "text", "audio_folder")
 DEFAULT_FAMILY = "cnn"  # model.family when the spec does not name one
@@ -167,6 +168,8 @@ class JobSpec:
     serve: ServeSpec = knob(factory=ServeSpec, help="online serving of the trained checkpoint")
     score: ScoreSpec = knob(factory=ScoreSpec, help="batch scoring with the trained checkpoint")
     tracking: TrackingSpec = knob(factory=TrackingSpec, help="where the run is logged for MLflow's UI and API")
+    tune: TuneSpec = knob(factory=TuneSpec, help="the hyperparameter search `distdl tune` runs over this spec; "
+                                                 "`distdl train` ignores it")
     storage: str = knob("runs", help="local folder or URI for checkpoints and metrics; the run lives in "
                                      "`<storage>/<name>` (runs on several nodes need a shared one)")
 
@@ -184,7 +187,7 @@ class JobSpec:
 
 SECTIONS = {"data": DataSpec, "train": TrainSpec, "scaling": ScalingSpec, "checkpoint": CheckpointSpec,
             "failure": FailureSpec, "serve": ServeSpec, "score": ScoreSpec,
-            "tracking": TrackingSpec}
+            "tracking": TrackingSpec, "tune": TuneSpec}
 TOP_LEVEL = ("name", "storage", "model", "preprocess", *SECTIONS)
 
 

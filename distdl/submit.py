@@ -9,6 +9,7 @@ and the job must find them at the same place (docs/clusters.md).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import shlex
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, TextIO
+from urllib.parse import urlsplit
 
 import yaml
 from ray.exceptions import AuthenticationError
@@ -25,10 +27,12 @@ from requests.exceptions import RequestException
 
 import distdl
 from distdl import spec as specmod
+from distdl.logs import say
 from distdl.paths import is_uri
 
 # Never shipped: environments, VCS data, caches, run outputs and data sets (those belong on
-# storage every node sees). Ray also skips what .gitignore lists.
+# storage every node sees). Ray also skips what .gitignore and .rayignore list; files that look
+# like secrets are refused before upload (distdl.upload).
 EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", ".pytest_cache", "runs/", "out/", "data/"]
 SCORE_PATH_OPTIONS = ("--checkpoint", "--input", "--output")
 TOKEN_HELP = ("set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH to a file holding it), or save it in "
@@ -43,7 +47,7 @@ class JobsError(RuntimeError):
 class Job:
     """A distdl command for the cluster: ``python -m distdl <argv>`` in the shipped working dir."""
     argv: list[str]
-    kind: str  # "train" or "score"
+    kind: str  # "train", "tune" or "score"
     name: str  # the spec's run name, or the score output folder's name
 
     @property
@@ -61,8 +65,9 @@ def auth_token() -> tuple[Optional[str], str]:
     return None, "nowhere"
 
 
-def train_job(spec_path: str, overrides: list[str], working_dir: Path, extra: list[str] = ()) -> Job:
-    """Check the spec here, as a local run would, and pin its relative paths to absolute ones."""
+def spec_job(command: str, spec_path: str, overrides: list[str], working_dir: Path, extra: list[str] = ()) -> Job:
+    """`distdl COMMAND SPEC` (train or tune): check the spec here, as a local run would, and pin its
+    relative paths to absolute ones."""
     spec = specmod.load(spec_path, overrides)  # a bad spec fails before anything is uploaded
     cwd = Path.cwd()
     pinned = []
@@ -73,8 +78,8 @@ def train_job(spec_path: str, overrides: list[str], working_dir: Path, extra: li
             value = absolute if yaml.safe_load(absolute) == absolute else json.dumps(absolute)
             pinned += ["--set", f"{key}={value}"]
     sets = [arg for item in overrides for arg in ("--set", item)]
-    argv = ["train", _inside(Path(spec_path), working_dir), *sets, *pinned, *extra]
-    return Job(argv, "train", spec.name)
+    argv = [command, _inside(Path(spec_path), working_dir), *sets, *pinned, *extra]
+    return Job(argv, command, spec.name)
 
 
 def score_job(argv: list[str]) -> Job:
@@ -110,6 +115,20 @@ def runtime_env(working_dir: Path) -> dict:
             "excludes": EXCLUDES}
 
 
+def sent_in_clear(address: str) -> bool:
+    """True when ``address`` is plain http (Ray's default for a bare HOST:PORT; a ray:// address is
+    looked up over plain gRPC, then http) to a host that is not this machine's loopback. Names other
+    than localhost are not resolved: they count as remote."""
+    parts = urlsplit(address if "://" in address else f"http://{address}")
+    if parts.scheme not in ("http", "ray"):
+        return False
+    host = parts.hostname or ""
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host != "localhost"
+
+
 @contextmanager
 def _env_without(*names: str) -> Iterator[None]:
     saved = {n: os.environ.pop(n) for n in names if n in os.environ}
@@ -126,6 +145,10 @@ class Jobs:
         self.address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") \
             or "http://127.0.0.1:8265"
         self.token, self.token_source = auth_token()
+        if self.token and sent_in_clear(self.address):
+            say(f"[distdl] warning: the cluster token goes to {self.address} over plain http, readable on the "
+                "way; use https, or reach the dashboard through a tunnel on 127.0.0.1 (ssh -L, kubectl "
+                "port-forward)", err=True)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         # Ray lets RAY_ADDRESS / RAY_API_SERVER_ADDRESS override an explicit address: --address must win.
         with self._errors(), _env_without("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):

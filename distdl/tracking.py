@@ -86,33 +86,48 @@ class Tracker:
                 say(f"[distdl] note: not tracked: storage {spec.storage} is a URI; set tracking.uri (or "
                     f"$MLFLOW_TRACKING_URI) to an MLflow server")
             return None
+        tags = _tags(record)
+        if spec.tracking.parent_run_id:
+            tags["mlflow.parentRunId"] = spec.tracking.parent_run_id  # how MLflow's UI nests runs
+        previous = (record.get("tracking") or {}) if done_epochs else {}
+        tracker = cls.open(uri, spec.tracking.experiment or spec.name, spec.name, tags, as_params(spec.to_dict()),
+                           previous)
+        if tracker and tracker.run_id == previous.get("run_id"):
+            tracker.logged_epoch = done_epochs  # a resume: the epochs already logged
+        return tracker
+
+    @classmethod
+    def open(cls, uri: str, experiment: str, run_name: str, tags: dict[str, str], params: dict[str, str],
+             previous: dict) -> Optional["Tracker"]:
+        """``previous``'s MLflow run (a ``ref``) when it is on this store and experiment and not
+        deleted, else a new run with ``tags`` and ``params``; None (with one warning) when the
+        store cannot be reached."""
         for name, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
         try:
-            return cls._start(spec, record, done_epochs, uri)
+            return cls._open(uri, experiment, run_name, tags, params, previous)
         except Exception as exc:  # noqa: BLE001 - MLflow, HTTP and SQL errors alike must not stop training
             _warn(uri, exc)
             return None
 
     @classmethod
-    def _start(cls, spec: Any, record: dict, done_epochs: int, uri: str) -> "Tracker":
+    def _open(cls, uri: str, experiment: str, run_name: str, tags: dict[str, str], params: dict[str, str],
+              previous: dict) -> "Tracker":
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)
-        name = spec.tracking.experiment or spec.name
-        found = client.get_experiment_by_name(name)
+        found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(
-            name, artifact_location=_artifact_location(uri))
-        previous = record.get("tracking") or {}
-        if previous.get("uri") == uri and previous.get("experiment") == name and done_epochs:
-            client.update_run(previous["run_id"], status="RUNNING")  # a resume: the same MLflow run
-            return cls(client, uri, name, previous["run_id"], done_epochs)
-        run_id = client.create_run(experiment_id, run_name=spec.name, tags=_tags(record)).info.run_id
-        params = [Param(k, v) for k, v in as_params(spec.to_dict()).items()]
-        for at in range(0, len(params), PARAMS_PER_CALL):
-            client.log_batch(run_id, params=params[at:at + PARAMS_PER_CALL])
-        return cls(client, uri, name, run_id, 0)
+            experiment, artifact_location=_artifact_location(uri))
+        if previous.get("uri") == uri and previous.get("experiment") == experiment and _active(client, previous):
+            client.update_run(previous["run_id"], status="RUNNING")
+            return cls(client, uri, experiment, previous["run_id"], 0)
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        batch = [Param(k, v) for k, v in params.items()]
+        for at in range(0, len(batch), PARAMS_PER_CALL):
+            client.log_batch(run_id, params=batch[at:at + PARAMS_PER_CALL])
+        return cls(client, uri, experiment, run_id, 0)
 
     def ref(self) -> dict[str, str]:
         """What run.json keeps, so a resume continues this MLflow run."""
@@ -147,6 +162,13 @@ class Tracker:
             self.client.log_batch(self.run_id, metrics=metrics[at:at + METRICS_PER_CALL])
         self.logged_epoch = new[-1]["epoch"]
 
+    def log(self, values: dict[str, float], step: int = 0) -> None:
+        """Log scalar ``values`` at ``step`` (a sweep's best metric)."""
+        from mlflow.entities import Metric
+
+        now_ms = int(time.time() * 1000)
+        self._guarded(self.client.log_batch, self.run_id, [Metric(k, float(v), now_ms, step) for k, v in values.items()])
+
     @contextmanager
     def following(self, run_dir: str) -> Iterator[None]:
         """Log each epoch as rank 0 writes it, while the block (training) runs."""
@@ -160,6 +182,16 @@ class Tracker:
             self._guarded(self.client.log_artifact, self.run_id, path)
         self._guarded(self.client.set_tag, self.run_id, "distdl.status", outcome)
         self._guarded(self.client.set_terminated, self.run_id, status)
+
+
+def _active(client: Any, ref: dict) -> bool:
+    """Whether the run ``ref`` names still exists and is not deleted (someone may have removed it in the UI)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(ref["run_id"]).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
 
 
 def _tags(record: dict) -> dict[str, str]:

@@ -1,10 +1,13 @@
 """Checkpoints: safetensors + JSON, marker written last, exact round trip, never unpickled."""
 from __future__ import annotations
 
+import os
 import pickle
 import re
+import shutil
 from pathlib import Path
 
+import pyarrow.fs
 import pytest
 import torch
 
@@ -102,3 +105,43 @@ def test_a_run_folder_given_as_a_checkpoint_points_at_its_best(tmp_path):
     checkpoint.copy(path, checkpoint.best_dir(str(tmp_path)))
     with pytest.raises(FileNotFoundError, match=re.escape(f"no COMPLETE marker); did you mean {tmp_path}/best?")):
         checkpoint.load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["path", "file-uri"])
+def test_replacing_best_never_leaves_it_half_written(tmp_path, monkeypatch, as_uri):
+    """While the new best is copied (each file copy is a moment a restarting replica could load),
+    best/ still holds the old complete checkpoint; then it holds the new one, with nothing left over."""
+    _, first = saved(tmp_path, epoch=1)
+    _, second = saved(tmp_path, arch="resnet18", epoch=2)
+    best = checkpoint.best_dir(f"file://{tmp_path}" if as_uri else str(tmp_path))
+    checkpoint.copy(first, best)
+    old_weights = checkpoint.load_weights(first)
+    real_copy_files, copies = pyarrow.fs.copy_files, []
+
+    def copy_files_while_reading_best(*args, **kwargs):
+        assert checkpoint.is_complete(best)
+        assert checkpoint.load_weights(best).keys() == old_weights.keys()
+        copies.append(args[0])
+        return real_copy_files(*args, **kwargs)
+
+    monkeypatch.setattr(pyarrow.fs, "copy_files", copy_files_while_reading_best)
+    checkpoint.copy(second, best)
+    monkeypatch.undo()
+    assert len(copies) >= 3  # the weights, the JSON files, the marker
+    assert checkpoint.load_meta(best)["args"]["arch"] == "resnet18"
+    link = tmp_path / checkpoint.BEST
+    assert link.is_symlink() and not Path(os.readlink(link)).is_absolute()  # the run folder can move
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([checkpoint.BEST, checkpoint.CHECKPOINTS,
+                                                                 os.readlink(link)])
+
+
+def test_a_plain_best_folder_and_the_leftovers_of_a_crashed_copy_are_replaced(tmp_path):
+    _, path = saved(tmp_path)
+    best = tmp_path / checkpoint.BEST
+    shutil.copytree(path, best)  # as an older distdl wrote it
+    shutil.copytree(path, tmp_path / ".best-0123456789ab")  # killed before its swap
+    (tmp_path / ".best-0123456789ab.link").symlink_to(".best-0123456789ab")
+    checkpoint.copy(path, str(best))
+    assert best.is_symlink() and checkpoint.is_complete(str(best))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([checkpoint.BEST, checkpoint.CHECKPOINTS,
+                                                                 os.readlink(best)])

@@ -1,12 +1,14 @@
 """k8s/: KubeRay manifests are what `distdl k8s render` prints, pass the KubeRay CRD schemas
-(strictly, as an API server with field validation does), run as non-root with limits, and the
-RayService's serveConfigV2 passes Ray Serve's own ServeDeploySchema."""
+(strictly, as an API server with field validation does), run as non-root with limits, pass the
+"restricted" Pod Security Standard (tests/pod_security.py), and the RayService's serveConfigV2
+passes Ray Serve's own ServeDeploySchema."""
 from __future__ import annotations
 
 import shlex
 from pathlib import Path
 
 import jsonschema
+import pod_security
 import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
@@ -27,6 +29,9 @@ RENDERED = {
     "rayjob-score.yaml": f"score --image {IMAGE} --checkpoint {BUCKET}/runs/cnn_digits/best "
                          f"--input {BUCKET}/digits/holdout.parquet --output {BUCKET}/scores/digits",
     "rayservice.yaml": f"serve --image {IMAGE} --checkpoint {BUCKET}/runs/cnn_digits/best",
+    "rayjob-tune.yaml": f"tune jobs/cnn_digits.yaml --image {IMAGE} --set storage={BUCKET}/runs "
+                        f"--set data.train={BUCKET}/digits/train.parquet --search train.lr=loguniform:1e-4:1e-1 "
+                        "--search model.width=choice:16,32,64 --trials 8 --max-concurrent 2 --scheduler asha",
 }
 
 
@@ -139,6 +144,23 @@ def test_the_training_job_runs_the_spec_from_its_config_map_and_cleans_up():
     assert shipped.storage == f"{BUCKET}/runs" and shipped.name == "cnn_digits"
 
 
+def test_the_sweep_job_runs_distdl_tune_with_its_search_on_a_pod_per_concurrent_trial():
+    config_map, job = docs("rayjob-tune.yaml")
+    assert shlex.split(job["spec"]["entrypoint"]) == [
+        "python", "-m", "distdl", "tune", "/etc/distdl/spec.yaml", "--search", "train.lr=loguniform:1e-4:1e-1",
+        "--search", "model.width=choice:16,32,64", "--trials", "8", "--max-concurrent", "2", "--scheduler", "asha"]
+    (group,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert group["replicas"] == 2
+    assert specmod.parse(yaml.safe_load(config_map["data"]["spec.yaml"])).storage == f"{BUCKET}/runs"
+
+
+def test_a_bad_search_is_refused_before_any_manifest(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert cli.main(["k8s", "render", "tune", "jobs/cnn_digits.yaml", "--image", IMAGE,
+                     "--search", "storage=choice:a,b"]) == 2
+    assert "--search storage: cannot be searched" in capsys.readouterr().err
+
+
 def test_the_score_job_runs_distdl_score_with_its_arguments():
     (job,) = docs("rayjob-score.yaml")
     assert shlex.split(job["spec"]["entrypoint"])[:4] == ["python", "-m", "distdl", "score"]
@@ -156,12 +178,16 @@ def test_the_service_config_passes_ray_serves_schema_and_readiness_checks_the_pr
     assert "/-/healthz" in worker["readinessProbe"]["exec"]["command"][-1]
 
 
-def test_an_api_key_comes_from_a_secret(capsys):
+def test_an_api_key_comes_from_a_secret_on_the_head_and_the_workers(capsys):
+    """The ingress replica asks for no CPU, so it may land on the head (num-cpus 0) as well."""
     (service,) = yaml.safe_load_all(render(capsys, f"serve --image {IMAGE} --checkpoint {BUCKET}/c "
                                                    "--api-key-env DISTDL_API_KEY --name digits"))
-    (worker,) = containers(service["spec"]["rayClusterConfig"]["workerGroupSpecs"])
-    assert worker["env"] == [{"name": "DISTDL_API_KEY",
-                              "valueFrom": {"secretKeyRef": {"name": "digits-api-key", "key": "api-key"}}}]
+    cluster = service["spec"]["rayClusterConfig"]
+    (worker,) = containers(cluster["workerGroupSpecs"])
+    (head,) = containers(cluster["headGroupSpec"])
+    for box in (head, worker):
+        assert box["env"] == [{"name": "DISTDL_API_KEY",
+                               "valueFrom": {"secretKeyRef": {"name": "digits-api-key", "key": "api-key"}}}]
     assert yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["api_key_env"] == "DISTDL_API_KEY"
 
 
@@ -189,3 +215,83 @@ def test_a_bad_spec_or_a_missing_image_is_refused(capsys, monkeypatch):
         k8s.train_job("jobs/cnn_digits.yaml", ["train.lr=fast"], k8s.Shape(IMAGE))
     assert cli.main(["k8s", "render", "cluster"]) == 1
     assert "needs --image" in capsys.readouterr().err
+
+
+# ---- Pod Security Standard "restricted" ------------------------------------------------------
+def pods_with_operator_containers(manifest: list[dict]) -> list[tuple[dict, list[dict]]]:
+    """(pod spec, containers KubeRay adds to it) for every pod template: the autoscaler sidecar joins
+    the head pod of an autoscaled cluster, with autoscalerOptions' securityContext and volumeMounts."""
+    found = []
+    for cluster in pod_clusters(manifest):
+        head = cluster["headGroupSpec"]["template"]["spec"]
+        options = cluster.get("autoscalerOptions")
+        sidecar = [{"name": "autoscaler", "securityContext": options["securityContext"],
+                    "volumeMounts": options["volumeMounts"]}] if cluster["enableInTreeAutoscaling"] else []
+        found.append((head, sidecar))
+        found += [(group["template"]["spec"], []) for group in cluster["workerGroupSpecs"]]
+    for doc in manifest:
+        if "submitterPodTemplate" in doc.get("spec", {}):
+            found.append((doc["spec"]["submitterPodTemplate"]["spec"], []))
+    assert len(found) == len(pod_specs(manifest)), "a pod template the walk above does not know"
+    return found
+
+
+def pod_clusters(manifest: list[dict]) -> list[dict]:
+    """The RayCluster spec of each resource: a RayCluster's own, a RayJob's or a RayService's."""
+    specs = [doc["spec"] for doc in manifest if doc.get("apiVersion") == "ray.io/v1"]
+    return [s.get("rayClusterSpec") or s.get("rayClusterConfig") or s for s in specs]
+
+
+RENDERED_TOO = {  # beyond k8s/: the variants whose pods differ
+    "service with an API key": f"serve --image {IMAGE} --checkpoint {BUCKET}/c --api-key-env KEY",
+    "training on GPUs": f"train jobs/cnn_digits.yaml --image {IMAGE} --set storage={BUCKET}/r "
+                        f"--set data.train={BUCKET}/t.parquet --gpus-per-node 2",
+}
+
+
+@pytest.mark.parametrize("name", [*RENDERED, *RENDERED_TOO])
+def test_every_pod_passes_the_restricted_pod_security_standard(name, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    manifest = docs(name) if name in RENDERED else list(yaml.safe_load_all(render(capsys, RENDERED_TOO[name])))
+    pods = pods_with_operator_containers(manifest)
+    assert pods
+    for pod, added in pods:
+        assert pod_security.violations(pod, added) == []
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_the_pod_security_checker_names_each_broken_rule():
+    (cluster,) = docs("raycluster.yaml")
+    pod = cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert pod_security.violations(pod) == []
+    pod["hostNetwork"] = True
+    pod["volumes"] = [{"name": "node", "hostPath": {"path": "/"}}]
+    del pod["securityContext"]["seccompProfile"]
+    box = pod["containers"][0]
+    box["securityContext"] = {"privileged": True, "runAsUser": 0, "capabilities": {"add": ["SYS_ADMIN"]}}
+    assert pod_security.violations(pod) == [
+        "hostNetwork must be unset or false",
+        "volume 'node' is of type ['hostPath'], not allowed",
+        "container 'ray-worker': runAsUser must not be 0",
+        "container 'ray-worker': privileged must be unset or false",
+        "container 'ray-worker': allowPrivilegeEscalation must be false",
+        "container 'ray-worker': capabilities.drop must include ALL",
+        "container 'ray-worker': capabilities.add may only hold NET_BIND_SERVICE",
+        "container 'ray-worker': seccompProfile.type must be RuntimeDefault or Localhost (on the pod or the container)",
+    ]
+
+
+@pytest.mark.parametrize("name", RENDERED)
+def test_only_the_autoscaler_mounts_a_service_account_token(name):
+    """Job code runs in the Ray containers and has no use for the Kubernetes API; the autoscaler
+    needs it to add and remove worker pods."""
+    manifest = docs(name)
+    for pod, added in pods_with_operator_containers(manifest):
+        assert pod["automountServiceAccountToken"] is False
+        mounted = {m["mountPath"] for box in pod["containers"] for m in box.get("volumeMounts", [])}
+        assert k8s.API_TOKEN_DIR not in mounted
+        for sidecar in added:
+            (mount,) = sidecar["volumeMounts"]
+            assert mount["mountPath"] == k8s.API_TOKEN_DIR and mount["readOnly"]
+            volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+            assert {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}} in volume["projected"]["sources"]

@@ -3,14 +3,18 @@ one-line errors for a bad spec, a missing or wrong token, an unreachable cluster
 unknown job. The token and shipping tests talk to the session's real cluster."""
 from __future__ import annotations
 
+import json
 import shlex
+import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
+from ray._private import ray_constants
+from ray._private.runtime_env import packaging
 from test_cluster import distdl_main, wait_for
 
-from distdl import cli, submit
+from distdl import cli, submit, upload
 from distdl import spec as specmod
 from distdl.specbase import SpecError
 from ray_cluster import free_ports
@@ -26,8 +30,23 @@ def spec_dir(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+def test_a_tune_job_carries_its_search_and_a_bad_one_never_leaves_this_machine(spec_dir, capsys):
+    from distdl.cli import tune
+    from distdl.cli.run import command_parser
+
+    local = command_parser().parse_args(["tune", "jobs/x.yaml", "--search", "train.lr=loguniform:1e-4:1e-1",
+                                         "--trials", "4", "--scheduler", "asha", "--fresh"])
+    job = submit.spec_job("tune", local.spec, local.overrides, spec_dir, tune.sweep_flags(local))
+    assert job.kind == "tune" and job.argv[:2] == ["tune", "jobs/x.yaml"]
+    assert job.argv[-7:] == ["--search", "train.lr=loguniform:1e-4:1e-1", "--trials", "4", "--scheduler", "asha",
+                             "--fresh"]
+    unreachable = "http://127.0.0.1:9"  # never contacted: the search is checked first
+    assert cli.main(["submit", "--address", unreachable, "tune", "jobs/x.yaml", "--search", "name=choice:a,b"]) == 2
+    assert "--search name: cannot be searched" in capsys.readouterr().err
+
+
 def test_a_train_job_pins_relative_paths_to_where_this_shell_sees_them(spec_dir):
-    job = submit.train_job("jobs/x.yaml", ["train.epochs=2"], spec_dir, ["--fresh"])
+    job = submit.spec_job("train", "jobs/x.yaml", ["train.epochs=2"], spec_dir, ["--fresh"])
     assert job.argv == ["train", "jobs/x.yaml", "--set", "train.epochs=2",
                         "--set", f"storage={spec_dir / 'runs'}",
                         "--set", f"data.train={spec_dir / 'data' / 'train.parquet'}", "--fresh"]
@@ -36,7 +55,7 @@ def test_a_train_job_pins_relative_paths_to_where_this_shell_sees_them(spec_dir)
 
 
 def test_an_override_is_pinned_too_and_yaml_lookalike_paths_stay_strings(spec_dir):
-    job = submit.train_job("jobs/x.yaml", ['storage="odd: dir"'], spec_dir)
+    job = submit.spec_job("train", "jobs/x.yaml", ['storage="odd: dir"'], spec_dir)
     assert job.argv[2:6] == ["--set", 'storage="odd: dir"', "--set", f'storage="{spec_dir / "odd: dir"}"']
     assert specmod.apply_overrides({}, job.argv[3:6:2])["storage"] == str(spec_dir / "odd: dir")
 
@@ -46,13 +65,13 @@ def test_a_bad_spec_is_refused_before_the_cluster_is_contacted(spec_dir, capsys)
     assert cli.main(["submit", "jobs/x.yaml", "--set", "train.lr=fast", "--address", unreachable]) == 2
     assert "train.lr: must be float, got 'fast'" in capsys.readouterr().err
     with pytest.raises(SpecError):
-        submit.train_job("jobs/x.yaml", ["train.lr=fast"], spec_dir)
+        submit.spec_job("train", "jobs/x.yaml", ["train.lr=fast"], spec_dir)
 
 
 def test_the_spec_must_be_inside_the_shipped_working_directory(spec_dir, tmp_path_factory):
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     with pytest.raises(submit.JobsError, match="outside the working directory .* pass --working-dir"):
-        submit.train_job("jobs/x.yaml", [], elsewhere)
+        submit.spec_job("train", "jobs/x.yaml", [], elsewhere)
 
 
 def test_a_score_job_makes_local_paths_absolute_and_leaves_uris(spec_dir):
@@ -128,3 +147,74 @@ def test_an_unknown_job_is_named(ray_cluster, monkeypatch, capsys):
     monkeypatch.setenv("RAY_AUTH_TOKEN", ray_cluster.token)
     assert cli.main(["jobs", "status", "raysubmit_nope", "--address", ray_cluster.address]) == 1
     assert "error: no job 'raysubmit_nope' on the Ray cluster at" in capsys.readouterr().err
+
+
+# ---- what a job uploads: no secrets unless asked, and the token never in clear -------------------
+@pytest.fixture
+def project(spec_dir) -> Path:
+    """spec_dir with likely secrets: some listed in .gitignore / .rayignore (at any depth), some
+    under folders distdl or Ray never upload, and cert.pem, which would be uploaded."""
+    files = {".env": "KEY=1", "keys/id_rsa": "-", "sub/credentials.json": "{}", "sub/b.txt": "b", "a.py": "",
+             "data/x.pem": "-", ".venv/.aws/config": "-", "cert.pem": "-",
+             ".gitignore": ".env\n", ".rayignore": "keys/\n", "sub/.gitignore": "credentials.json\n"}
+    for name, text in files.items():
+        (spec_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (spec_dir / name).write_text(text)
+    return spec_dir
+
+
+def test_the_upload_listing_is_the_package_ray_builds(project, tmp_path_factory):
+    """The listing walks the folder with Ray's packaging code; here it is checked against the zip
+    that code builds for the Jobs API, with the excludes the upload uses."""
+    listing = upload.listing(project, submit.EXCLUDES)
+    assert listing == [".gitignore", ".rayignore", "a.py", "cert.pem", "jobs/x.yaml", "sub/.gitignore", "sub/b.txt"]
+    zipped = tmp_path_factory.mktemp("package") / "working_dir.zip"
+    packaging.create_package(str(project), zipped, include_gitignore=True,
+                             excludes=ray_constants.get_runtime_env_default_excludes() + submit.EXCLUDES)
+    with zipfile.ZipFile(zipped) as package:
+        assert sorted(n for n in package.namelist() if not n.endswith("/")) == listing
+    assert upload.likely_secrets(listing) == ["cert.pem"]
+
+
+def test_submit_refuses_to_upload_likely_secrets_unless_allowed(project, capsys):
+    unreachable = f"http://127.0.0.1:{free_ports(1)[0]}"
+    assert cli.main(["submit", "jobs/x.yaml", "--address", unreachable]) == 1
+    err = capsys.readouterr().err
+    assert "the working directory . holds files that look like secrets" in err and ": cert.pem." in err
+    assert "--allow-secrets" in err and "cannot reach" not in err  # refused before the cluster is contacted
+    assert cli.main(["submit", "jobs/x.yaml", "--address", unreachable, "--allow-secrets"]) == 1
+    assert "cannot reach the Ray Jobs API" in capsys.readouterr().err
+    (project / ".rayignore").write_text("keys/\n*.pem\n")
+    assert cli.main(["submit", "jobs/x.yaml", "--address", unreachable]) == 1
+    assert "cannot reach the Ray Jobs API" in capsys.readouterr().err
+
+
+def test_the_job_runs_in_exactly_the_listed_files(ray_cluster, project, monkeypatch):
+    """What the cluster unpacked as the job's working directory is the listing."""
+    (project / "cert.pem").unlink()
+    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_cluster.token)
+    jobs = submit.Jobs(ray_cluster.address)
+    walk = "import os, json; print(json.dumps(sorted(os.path.relpath(os.path.join(d, f)) for d, _, fs in os.walk('.') for f in fs)))"
+    job_id = jobs.client.submit_job(entrypoint=shlex.join(["python", "-c", walk]), runtime_env=submit.runtime_env(project))
+    assert jobs.wait(job_id) == "SUCCEEDED"
+    # On a loaded machine the output can reach the job's log a moment after the status.
+    shipped = wait_for(lambda: next((line for line in jobs.logs(job_id).splitlines() if line.startswith('["')), None),
+                       "the job's output")
+    assert json.loads(shipped) == upload.listing(project, submit.EXCLUDES)
+
+
+@pytest.mark.parametrize("address, in_clear", [
+    ("http://10.0.0.5:8265", True), ("head:8265", True), ("ray://head:10001", True),
+    ("https://head:8265", False), ("http://127.0.0.1:8265", False), ("localhost:8265", False),
+    ("http://[::1]:8265", False),
+])
+def test_a_token_over_plain_http_to_another_host_is_flagged(address, in_clear):
+    assert submit.sent_in_clear(address) is in_clear
+
+
+def test_the_token_warning_is_printed_before_the_cluster_is_contacted(monkeypatch, capsys):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)
+    address = f"http://0.0.0.0:{free_ports(1)[0]}"  # not loopback by name, yet refused at once: no DNS, no wait
+    with pytest.raises(submit.JobsError, match="cannot reach"):
+        submit.Jobs(address)
+    assert f"[distdl] warning: the cluster token goes to {address} over plain http" in capsys.readouterr().err

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from distdl import checkpoint
 from distdl.predict import Predictor
-from distdl.tune import results, run, search
+from distdl.tune import parent_run, results, run, search
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +62,17 @@ def test_sweep_ranks_trials_and_keeps_the_best_checkpoint(ray_session, digits, t
     assert saved["best"]["trial"] == rows[0].trial and saved["metric"] == "val_accuracy"
     table = outcome.describe("val_accuracy")
     assert "train.class_weights" in table and "failed" in table
+
+    # MLflow (the suite's sqlite store): the sweep's run, and a nested run per trial that trained
+    ref = json.loads(Path(tmp_path, "sweep", parent_run.SWEEP_RECORD).read_text())["tracking"]
+    client = MlflowClient(ref["uri"])
+    parent = client.get_run(ref["run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["distdl.kind"] == "sweep"
+    assert parent.data.params["tune.search.train.lr"] == "loguniform:0.005:0.03"
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(rows[0].best)
+    nested = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{ref['run_id']}'")
+    assert sorted(run.info.run_name for run in nested) == sorted(row.trial for row in rows[:3])
+    assert all(len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 2 for run in nested)
 
 
 def test_asha_stops_a_bad_trial_after_the_grace_period(ray_session, digits, tmp_path):

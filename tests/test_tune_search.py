@@ -98,12 +98,20 @@ def test_nothing_to_search_is_refused():
     assert problems([])[0][0] == "--search"
 
 
+def test_dimensions_describe_themselves_as_search_text():
+    assert [search.parse_search(text).describe() for text in
+            ("model.width=choice:16,32", "train.optimizer=grid:sgd,adamw", "train.lr=loguniform:1e-4:0.1",
+             "train.epochs_x=randint:1:4")] == \
+        ["choice:16,32", "grid:sgd,adamw", "loguniform:0.0001:0.1", "randint:1:4"]
+
+
 def test_trial_spec_gets_values_plan_and_own_folder():
     raw = search.trial_raw(RAW, {"train.lr": 0.02, "model.width": 16}, {"num_workers": 1, "cpus_per_worker": 1.0},
-                           "/runs/sweep", "trial_00002")
+                           "/runs/sweep", "trial_00002", {"enabled": True, "parent_run_id": "abc"})
     assert (raw["name"], raw["storage"]) == ("trial_00002", "/runs/sweep/trials")
     assert raw["train"]["lr"] == 0.02 and raw["model"]["width"] == 16 and raw["train"]["epochs"] == 3
-    assert raw["scaling"] == {"num_workers": 1, "cpus_per_worker": 1.0} and raw["tracking"]["enabled"] is False
+    assert raw["scaling"] == {"num_workers": 1, "cpus_per_worker": 1.0}
+    assert raw["tracking"] == {"enabled": True, "parent_run_id": "abc"}
     assert RAW["train"].get("lr") is None  # the base is never changed
 
 
@@ -140,3 +148,16 @@ def test_trial_count_runs_every_grid_combination_per_sample():
     sweep = search.from_raw(RAW, ["train.optimizer=grid:sgd,adamw", "model.width=grid:4,8,16",
                                   "train.lr=uniform:0.01:0.1"], {"trials": 2})
     assert sweep.trial_count() == 12
+
+
+def test_optuna_draws_every_value_inside_the_searched_space():
+    from distdl.tune import run  # Ray Tune's searchers; no Ray cluster is started
+
+    sweep = search.from_raw(RAW, ["train.lr=loguniform:1e-4:1e-1", "model.width=choice:16,32"],
+                            {"algorithm": "optuna"})
+    searcher = run.search_algorithm(sweep.tune.algorithm)
+    assert type(searcher).__name__ == "OptunaSearch"
+    assert searcher.set_search_properties("val_accuracy", "max", run.space(sweep.dims))
+    drawn = [searcher.suggest(f"trial_{i}") for i in range(6)]
+    assert all(1e-4 <= d["train.lr"] <= 1e-1 and d["model.width"] in (16, 32) for d in drawn)
+    assert len({d["train.lr"] for d in drawn}) == 6

@@ -1,19 +1,21 @@
 """The cluster commands: `distdl submit`, `distdl jobs ...`, `distdl k8s render`.
 
 Parse, call, print; the work lives in distdl.submit (Ray Jobs) and distdl.k8s (KubeRay).
-A command meant for the cluster is checked with the parser of `distdl train` and `distdl
-score` (cli.run), as a local run would be.
+A command meant for the cluster is checked with the parser of `distdl train`, `distdl score`
+and `distdl tune` (cli.run), as a local run would be.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from distdl.cli import tune
 from distdl.cli.common import verbose_arg
 from distdl.cli.run import command_parser
 
 SUBMIT_EPILOG = """COMMAND is what a local run would take: `train SPEC [--set FIELD=VALUE ...] [--fresh]`
-(or just SPEC), or `score --checkpoint C --input I --output O [...]`. It is checked here first
+(or just SPEC), `tune SPEC --search FIELD=KIND:ARGS [...]`, or `score --checkpoint C --input I
+--output O [...]`. It is checked here first
 (a bad spec never reaches the cluster); relative paths in it (data, storage, --checkpoint,
 --input, --output) are made absolute against the current directory and must exist at that
 place on the cluster (shared storage, or s3:// / gs://). The working directory and this copy
@@ -23,6 +25,8 @@ RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token.
 examples:
   distdl submit jobs/cnn_digits.yaml --address http://HEAD:8265 --follow
   distdl submit --address http://HEAD:8265 jobs/cnn_digits.yaml --set storage=s3://bucket/runs
+  distdl submit --address http://HEAD:8265 tune jobs/cnn_digits.yaml --search train.lr=loguniform:1e-4:1e-1 \\
+      --set storage=s3://bucket/runs --trials 16 --scheduler asha
   distdl submit --address http://HEAD:8265 score --checkpoint s3://bucket/runs/cnn_digits/best \\
       --input s3://bucket/digits/holdout.parquet --output s3://bucket/scores/digits
 """
@@ -32,6 +36,9 @@ K8S_EPILOG = """examples (the files in k8s/ are these commands' output):
   distdl k8s render cluster --image REGISTRY/distdl:0.1.0 > k8s/raycluster.yaml
   distdl k8s render train jobs/cnn_digits.yaml --image REGISTRY/distdl:0.1.0 \\
       --set storage=s3://BUCKET/runs --set data.train=s3://BUCKET/digits/train.parquet | kubectl apply -f -
+  distdl k8s render tune jobs/cnn_digits.yaml --image REGISTRY/distdl:0.1.0 --nodes 4 \\
+      --search train.lr=loguniform:1e-4:1e-1 --trials 16 --set storage=s3://BUCKET/runs \\
+      --set data.train=s3://BUCKET/digits/train.parquet
   distdl k8s render score --image REGISTRY/distdl:0.1.0 --checkpoint s3://BUCKET/runs/cnn_digits/best \\
       --input s3://BUCKET/digits/holdout.parquet --output s3://BUCKET/scores/digits
   distdl k8s render serve --image REGISTRY/distdl:0.1.0 --checkpoint s3://BUCKET/runs/cnn_digits/best
@@ -50,6 +57,9 @@ def _submit_options(p: argparse.ArgumentParser) -> None:
                    help="folder shipped as the job's working directory (default: .); a train spec must be in it")
     p.add_argument("--follow", action="store_true",
                    help="stream the job's logs, then exit with its result (0: SUCCEEDED, 1: FAILED or STOPPED)")
+    p.add_argument("--allow-secrets", action="store_true",
+                   help="upload the working directory even though it holds files that look like secrets "
+                   "(.env, *.pem, id_rsa*, .aws/, credentials*) not listed in .gitignore or .rayignore")
     verbose_arg(p)  # here, and passed on to the job's command
 
 
@@ -125,28 +135,34 @@ def _add_k8s(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _k8s_options(render)
     verbose_arg(render, hides=False)
-    render.add_argument("kind", choices=["cluster", "train", "score", "serve"])
+    render.add_argument("kind", choices=["cluster", "train", "tune", "score", "serve"])
     render.add_argument("argv", nargs=argparse.REMAINDER, metavar="ARGS ...",
-                        help="train: SPEC [--set FIELD=VALUE ...]; score: the options of `distdl score`; "
+                        help="train: SPEC [--set FIELD=VALUE ...]; tune: SPEC and the options of `distdl tune`; "
+                        "score: the options of `distdl score`; "
                         "serve: --checkpoint URI [--checkpoint URI ...] [--api-key-env NAME]")
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from distdl import logs, submit
+    from distdl import logs, submit, upload
 
     # Submit's own options may come anywhere (`distdl submit SPEC --address URL`); the rest must be
     # a command that `distdl` itself accepts here.
     rest = _own_options(args, _submit_options, "distdl submit")
     if not rest:
         raise ValueError("distdl submit needs a command: a spec (`distdl submit jobs/x.yaml`) or `score ...`")
-    command = rest if rest[0] in ("train", "score") else ["train", *rest]
+    command = rest if rest[0] in ("train", "score", "tune") else ["train", *rest]
     local = command_parser().parse_args(command)
     working_dir = Path(args.working_dir)
     verbose = ["--verbose"] if args.verbose else []
     if local.command == "train":
-        job = submit.train_job(local.spec, local.overrides, working_dir, ["--fresh"] * local.fresh + verbose)
+        job = submit.spec_job("train", local.spec, local.overrides, working_dir, ["--fresh"] * local.fresh + verbose)
+    elif local.command == "tune":
+        tune.load(local)  # a bad search fails here, before anything is uploaded
+        job = submit.spec_job("tune", local.spec, local.overrides, working_dir, tune.sweep_flags(local) + verbose)
     else:
         job = submit.score_job(command[1:] + verbose)
+    if not args.allow_secrets:
+        upload.refuse_secrets(working_dir, submit.EXCLUDES)  # before the cluster is contacted
     # The client's own chatter (e.g. "Uploading package ...") goes to a log; the job's output,
     # quiet itself unless --verbose, streams to the console.
     with logs.capture(None if args.verbose else logs.log_file(None, "submit")):
@@ -202,6 +218,11 @@ def _k8s(args: argparse.Namespace) -> int:
     if args.kind == "train":
         local = command_parser().parse_args(["train", *rest])
         docs = k8s.train_job(local.spec, local.overrides, shape)
+    elif args.kind == "tune":
+        local = command_parser().parse_args(["tune", *rest])
+        sweep = tune.load(local)
+        docs = k8s.train_job(local.spec, local.overrides, shape, ["tune", *tune.sweep_flags(local)],
+                             concurrent=sweep.tune.max_concurrent)
     elif args.kind == "score":
         local = command_parser().parse_args(["score", *rest])
         paths = {"--checkpoint": local.checkpoint, "--input": local.input, "--output": local.output}

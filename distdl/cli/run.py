@@ -40,9 +40,13 @@ def add_score(sub: argparse._SubParsersAction) -> None:
                       help="generative checkpoints (gan): N images for ids 0..N-1, as PNG bytes in column 'image'")
     score.add_argument("--output", required=True, help="output folder (parquet files + manifest)")
     score.add_argument("--format", default="auto", help="input format (default: from the path)")
-    score.add_argument("--id-column", default=None,
-                       help="unique row id column (default: 'id', else 'path'; without one a content hash is "
-                       "used and the job cannot resume)")
+    ids = score.add_mutually_exclusive_group()
+    ids.add_argument("--id-column", default=None,
+                     help="unique row id column (default: 'id', else 'path'; without one a content hash is "
+                     "used and the job cannot resume). Null, repeated or text-alike ids are refused")
+    ids.add_argument("--content-ids", action="store_true",
+                     help="identify rows by a hash of their content even where the input has an id column "
+                     "(an input whose ids repeat; the job cannot resume)")
     # Defaults: the checkpoint's `score` section (its spec.yaml), else ScoreSpec's.
     pool = score.add_argument_group("actor pool and output (default: the checkpoint spec's 'score' section)")
     pool.add_argument("--batch-size", type=int, help="rows per forward pass (256)")
@@ -89,7 +93,9 @@ def add_tools(sub: argparse._SubParsersAction) -> None:
                          "encoder and tokenizer as a distdl checkpoint for `distdl score` (no data, no Ray).")
     imp.add_argument("model_dir", help="local folder with config.json, *.safetensors and tokenizer files")
     imp.add_argument("--output", required=True, help="checkpoint folder to write, e.g. runs/minilm")
-    imp.add_argument("--max-length", type=int, default=128, help="tokens per text, [CLS]/[SEP] included")
+    imp.add_argument("--max-length", type=int, default=None,
+                     help="tokens per text, [CLS]/[SEP] included (default: the folder's own maximum, "
+                     "sentence_bert_config.json's max_seq_length, else the model's position limit)")
     imp.add_argument("--refuse-long", action="store_true",
                      help="a text over --max-length tokens becomes a bad row (default: truncate it)")
     imp.add_argument("--no-normalize", action="store_true", help="keep the raw mean-pooled vectors (no L2 norm)")
@@ -98,11 +104,15 @@ def add_tools(sub: argparse._SubParsersAction) -> None:
 
 
 def command_parser() -> argparse.ArgumentParser:
-    """`distdl train ...` and `distdl score ...` alone: how a command meant for a cluster is checked here."""
+    """`distdl train ...`, `distdl score ...` and `distdl tune ...` alone: how a command meant for a
+    cluster is checked here."""
+    from distdl.cli import tune
+
     p = argparse.ArgumentParser(prog="distdl")
     sub = p.add_subparsers(dest="command", required=True)
     add_train(sub)
     add_score(sub)
+    tune.add_parser(sub)
     return p
 
 
@@ -148,7 +158,7 @@ def _score(args: argparse.Namespace) -> int:
                                      args.overwrite)
         else:
             summary = score.score(args.checkpoint, args.input, args.output, resources, args.format, args.id_column,
-                                  args.overwrite, generation_options(args))
+                                  args.overwrite, generation_options(args), args.content_ids)
         logs.say(summary.describe(log))
     return 0
 

@@ -39,10 +39,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     verbose_arg(p)
 
 
-def _tune(args: argparse.Namespace) -> int:
+def load(args: argparse.Namespace):  # -> distdl.tune.search.Sweep, imported only when it runs
+    """The sweep the parsed command asks for, checked (SpecError naming the flag)."""
     from distdl.tune import search
 
-    sweep = search.load(args.spec, args.overrides, args.search, {name: getattr(args, name) for name in FLAGS})
+    return search.load(args.spec, args.overrides, args.search, {name: getattr(args, name) for name in FLAGS})
+
+
+def sweep_flags(args: argparse.Namespace) -> list[str]:
+    """The parsed command's sweep flags as arguments again: the same sweep, run on a cluster."""
+    argv = [arg for text in args.search for arg in ("--search", text)]
+    for name in FLAGS:
+        if getattr(args, name) is not None:
+            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    return argv + ["--fresh"] * args.fresh
+
+
+def _tune(args: argparse.Namespace) -> int:
+    sweep = load(args)
     spec = sweep.spec
     if args.fresh and not is_uri(spec.run_dir) and Path(spec.run_dir).exists():
         print(f"[distdl] --fresh: removing {spec.run_dir}")

@@ -24,7 +24,7 @@ from distdl import runtime, train
 from distdl import spec as specmod
 from distdl.layout import Cluster
 from distdl.logs import say
-from distdl.tune import results
+from distdl.tune import parent_run, results
 from distdl.tune.plan import Plan, fit
 from distdl.tune.search import Dimension, Sweep, trial_raw
 from distdl.tune.settings import TuneSpec
@@ -62,7 +62,7 @@ def _name_of(trial: Trial) -> str:
     return trial_name(trial.trial_id)
 
 
-def run_trial(config: dict, base: dict, scaling: dict, sweep_dir: str) -> None:
+def run_trial(config: dict, base: dict, scaling: dict, sweep_dir: str, tracking: dict) -> None:
     """Tune's trainable: the trial's spec through train.run (a failure fails only this trial).
 
     train.run starts Ray Data work of its own (fitting the preprocessor), which would inherit
@@ -70,7 +70,7 @@ def run_trial(config: dict, base: dict, scaling: dict, sweep_dir: str) -> None:
     sliver of CPU: it runs in a task outside any placement group. The task is the trial
     actor's child, so it ends with it (a trial that a scheduler stops)."""
     name = trial_name(tune.get_context().get_trial_id())
-    spec = specmod.parse(trial_raw(base, config, scaling, sweep_dir, name))
+    spec = specmod.parse(trial_raw(base, config, scaling, sweep_dir, name, tracking))
     outside = PlacementGroupSchedulingStrategy(placement_group=None)
     # The callback is made here, in the Tune session it reports to; Ray Train's controller runs it.
     env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}  # see ADDRESS_NOTE
@@ -111,6 +111,11 @@ def _domain(dim: Dimension) -> Any:
     return (tune.loguniform if dim.kind == "loguniform" else tune.uniform)(dim.low, dim.high)
 
 
+def space(dims: list[Dimension]) -> dict[str, Any]:
+    """Tune's param_space: searched field -> its Tune domain."""
+    return {d.field: _domain(d) for d in dims}
+
+
 def _scheduler(settings: TuneSpec, epochs: int) -> TrialScheduler:
     if settings.scheduler == "asha":
         # reduction_factor 2: in a sweep of a handful of trials, a rung keeps its better half.
@@ -120,7 +125,7 @@ def _scheduler(settings: TuneSpec, epochs: int) -> TrialScheduler:
     return FIFOScheduler()
 
 
-def _algorithm(name: str) -> Any:
+def search_algorithm(name: str) -> Any:
     """None: Tune's random search (BasicVariantGenerator, which also expands grids)."""
     if name == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -133,21 +138,22 @@ def _algorithm(name: str) -> Any:
     return None
 
 
-def _tuner(sweep: Sweep, plan: Plan) -> tuple[tune.Tuner, bool]:
-    """(the Tuner, whether it restores an earlier run of this sweep)."""
+def _tuner(sweep: Sweep, plan: Plan, tracking: dict) -> tuple[tune.Tuner, bool]:
+    """(the Tuner, whether it restores an earlier run of this sweep); ``tracking``: each trial's section."""
     spec = sweep.spec
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=sweep.raw, scaling=plan.scaling(), sweep_dir=spec.run_dir),
+        tune.with_parameters(run_trial, base=sweep.raw, scaling=plan.scaling(), sweep_dir=spec.run_dir,
+                             tracking=tracking),
         TRIAL_RESOURCES)
     state = f"{spec.run_dir}/{STATE}"
     if tune.Tuner.can_restore(state):
         return tune.Tuner.restore(state, trainable, resume_unfinished=True, resume_errored=False), True
     tune_config = tune.TuneConfig(
         metric=spec.checkpoint.best_metric, mode=spec.checkpoint.best_mode, num_samples=sweep.tune.trials,
-        search_alg=_algorithm(sweep.tune.algorithm), scheduler=_scheduler(sweep.tune, spec.train.epochs),
+        search_alg=search_algorithm(sweep.tune.algorithm), scheduler=_scheduler(sweep.tune, spec.train.epochs),
         max_concurrent_trials=plan.concurrent, trial_name_creator=_name_of, trial_dirname_creator=_name_of)
     run_config = tune.RunConfig(name=STATE, storage_path=spec.run_dir, verbose=0, callbacks=[Progress()])
-    return tune.Tuner(trainable, param_space={d.field: _domain(d) for d in sweep.dims}, tune_config=tune_config,
+    return tune.Tuner(trainable, param_space=space(sweep.dims), tune_config=tune_config,
                       run_config=run_config), False
 
 
@@ -164,14 +170,24 @@ def sweep(sweep: Sweep) -> Outcome:
     start = time.perf_counter()
     spec = sweep.spec
     plan = fit(spec.scaling, Cluster.current(), sweep.trial_count(), sweep.tune.max_concurrent)
-    specmod.parse(trial_raw(sweep.raw, {}, plan.scaling(), spec.run_dir, "trial"))  # e.g. batch_size vs workers
+    specmod.parse(trial_raw(sweep.raw, {}, plan.scaling(), spec.run_dir, "trial", {}))  # e.g. batch_size vs workers
     say(f"[distdl] plan: {plan.describe()}")
     train.require_writable_storage(spec)
-    tuner, resumed = _tuner(sweep, plan)
+    parent = parent_run.start(sweep, plan.describe())
+    if parent:
+        say(f"[distdl] tracking: {parent.describe()}, a nested run per trial")
+    tuner, resumed = _tuner(sweep, plan, parent_run.trial_tracking(parent))
     if resumed:
         say(f"[distdl] resuming the sweep in {spec.run_dir}/{STATE}: finished trials are kept")
-    grid = tuner.fit()
-    rows = [_row(result, sweep) for result in grid]
-    rows = results.ranked(rows, spec.checkpoint.best_mode)
+    try:
+        grid = tuner.fit()
+    except BaseException:
+        if parent:
+            parent.finish("FAILED", [], "failed")
+        raise
+    rows = results.ranked([_row(result, sweep) for result in grid], spec.checkpoint.best_mode)
     best = results.write(spec.run_dir, rows, spec.checkpoint.best_metric, spec.checkpoint.best_mode)
+    if parent:
+        parent_run.finish(parent, rows[0].best if rows else None, spec.checkpoint.best_metric,
+                          f"{spec.run_dir}/{results.TABLE}", failed=best is None)
     return Outcome(rows, best, plan, resumed, time.perf_counter() - start)

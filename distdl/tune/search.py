@@ -42,6 +42,12 @@ class Dimension:
         """The values a trial could get that the spec must accept: every listed value, both bounds."""
         return list(self.values) if self.kind in ("choice", "grid") else [self.low, self.high]
 
+    def describe(self) -> str:
+        """The ``KIND:ARGS`` text that gives this dimension: "choice:16,32", "loguniform:0.0001:0.1"."""
+        if self.kind in ("choice", "grid"):
+            return f"{self.kind}:{','.join(str(v) for v in self.values)}"
+        return f"{self.kind}:{self.low:g}:{self.high:g}"
+
 
 @dataclass
 class Sweep:
@@ -198,13 +204,14 @@ def _flag_label(where: str, flags: dict[str, Any]) -> str:
     return f"--{name.replace('_', '-')}" if flags.get(name) is not None else where
 
 
-def trial_raw(base: dict, values: dict[str, Any], scaling: dict, sweep_dir: str, trial: str) -> dict:
+def trial_raw(base: dict, values: dict[str, Any], scaling: dict, sweep_dir: str, trial: str,
+              tracking: dict) -> dict:
     """One trial's spec mapping: the base with its searched ``values``, the planned ``scaling``, its own
-    run folder ``<sweep_dir>/trials/<trial>``, and MLflow tracking off (a sweep's trials would be
-    as many unrelated runs; the sweep's table and tune.json compare them)."""
+    run folder ``<sweep_dir>/trials/<trial>`` and its ``tracking`` section (nested under the
+    sweep's MLflow run, or off: distdl.tune.parent_run)."""
     raw = base
     for name, value in values.items():
         raw = set_field(raw, name, value)
     return {**raw, "name": trial, "storage": f"{sweep_dir}/trials",
             "scaling": {**(raw.get("scaling") or {}), **scaling},
-            "tracking": {**(raw.get("tracking") or {}), "enabled": False}}
+            "tracking": {**(raw.get("tracking") or {}), **tracking}}

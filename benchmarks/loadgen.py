@@ -5,6 +5,9 @@ Each of ``concurrency`` threads keeps one keep-alive connection (stdlib http.cli
 sends the same request again as soon as the last one is answered, until ``seconds`` pass.
 A 503 (a replica restarting) or a dropped connection is retried after a short pause, up to
 ``retries`` times; what is still not a 2xx then counts as a failure.
+
+A module, not a benchmark: it has no --smoke of its own; `serve_throughput.py --smoke` (run by
+tests/test_benchmarks.py) and tests/test_serve.py drive it.
 """
 from __future__ import annotations
 

@@ -5,12 +5,17 @@ and scored; ``distdl serve --set`` and ``distdl score``'s flags override them pe
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator, Union
 
 from distdl.preprocessors.image import MAX_PIXELS
 from distdl.specbase import Auto, check, knob
 from distdl.tasks.language_model import MAX_NEW_TOKENS
+
+# The request bodies the serving ingress holds at once, all requests together: past it a request
+# gets 503 and Retry-After, so a flood of large bodies cannot exhaust its memory (serve/overload.py).
+INGRESS_BODY_BYTES = 2**30
 
 
 @dataclass
@@ -30,6 +35,10 @@ class ServeSpec:
                                                  "forward pass go together into the next one")
     max_ongoing_requests: int = knob(32, help="requests a replica takes at once; caps what a batch can gather, so "
                                               "it must be >= `max_batch_size`")
+    max_queued_requests: int = knob(64, help="requests waiting for a free replica beyond those the replicas hold "
+                                             "(`max_ongoing_requests` each); more: 503 with `Retry-After`")
+    request_timeout_s: float = knob(60.0, help="longest a request waits for its model, queued and computed; "
+                                               "longer: 504 (the model drops the request)")
     cpus_per_replica: float = knob(1.0, help="Ray CPUs per replica (fractions allowed)")
     gpus_per_replica: float = knob(0.0, help="GPUs per replica; above 0 the model runs on cuda; fractions share a GPU")
     threads_per_replica: Union[Auto, int] = knob("auto", help="torch threads per replica; auto: its CPUs")
@@ -42,8 +51,8 @@ class ServeSpec:
     max_new_tokens: int = knob(200, help="language models: the default and the most tokens generated per prompt")
 
     def problems(self) -> Iterator[tuple[str, str]]:
-        for name in ("min_replicas", "max_batch_size", "max_ongoing_requests", "top_k", "max_body_bytes",
-                     "max_items_per_request", "max_image_pixels", "max_text_chars", "max_new_tokens"):
+        for name in ("min_replicas", "max_batch_size", "max_ongoing_requests", "max_queued_requests", "top_k",
+                     "max_body_bytes", "max_items_per_request", "max_image_pixels", "max_text_chars", "max_new_tokens"):
             yield from check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         yield from check(self.max_image_pixels <= MAX_PIXELS, "max_image_pixels",
                          f"must be <= {MAX_PIXELS}, the most any image is decoded to; got {self.max_image_pixels}")
@@ -57,6 +66,11 @@ class ServeSpec:
         # Serve pushes autoscaling metrics every 10 s; a shorter window is deprecated there.
         yield from check(self.look_back_period_s > 10, "look_back_period_s",
                          f"must be > 10 (Serve's metrics push interval), got {self.look_back_period_s}")
+        yield from check(self.max_body_bytes <= INGRESS_BODY_BYTES, "max_body_bytes",
+                         f"must be <= {INGRESS_BODY_BYTES}, the request bodies the server holds at once; "
+                         f"got {self.max_body_bytes}")
+        yield from check(0 < self.request_timeout_s < math.inf, "request_timeout_s",
+                         f"must be a finite number > 0, got {self.request_timeout_s}")
         for name in ("target_ongoing_requests", "cpus_per_replica"):
             yield from check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
         for name in ("upscale_delay_s", "downscale_delay_s", "batch_wait_timeout_s", "gpus_per_replica"):

@@ -40,6 +40,9 @@ from serve_families import (  # noqa: F401 (the tests: collected here, so they r
     test_generation_follows_each_requests_options_also_when_requests_share_a_batch,
     test_models_lists_each_task_with_its_input_and_limits, test_sequences_of_numbers_or_vectors_are_classified_as_offline,
     test_texts_are_classified_and_embedded_as_offline, test_wav_clips_are_classified_as_offline_in_every_encoding)
+from serve_fuzz import (  # noqa: F401 (the tests: collected here, so they run against this module's app)
+    test_hostile_input_to_every_route_gets_an_answer_below_500,
+    test_schemathesis_cases_of_each_operation_get_answers_below_500)
 from test_predict import tiny_checkpoint
 
 from distdl import checkpoint, score

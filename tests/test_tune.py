@@ -88,7 +88,7 @@ def test_asha_stops_a_bad_trial_after_the_grace_period(ray_session, digits, tmp_
 
 
 def test_killed_sweep_resumes_without_redoing_finished_trials(ray_session, digits, tmp_path):
-    raw = digits_raw(digits, tmp_path, "resume")
+    raw = digits_raw(digits, tmp_path, "resume", epochs=1)
     spec = tmp_path / "resume.yaml"
     spec.write_text(yaml.safe_dump({**raw, "tune": {"search": {"train.lr": "grid:0.01,0.02"}, "trials": 1,
                                                     "max_concurrent": 1}}))

@@ -27,11 +27,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from distdl.serve import audio, gan, image, sequence, text
+from distdl.serve import audio, gan, image, overload, sequence, text
 from distdl.serve.schema import ERROR_RESPONSES, Health, ModelInfo, ModelList, Readiness, Route, problem
 
 ROUTES: dict[str, Route] = {
@@ -55,7 +54,6 @@ SERVED: dict[tuple[str, str, str], str] = {
     ("gan", "image_generation", "image"): "image_generation",
 }
 READY_TIMEOUT_S = 2.0
-UNAVAILABLE = (RayActorError, BackPressureError, DeploymentUnavailableError)  # includes ActorDiedError
 
 
 class BodyTooLarge(Exception):
@@ -114,7 +112,9 @@ def build_api(models: dict[str, ModelInfo], handles: dict[str, DeploymentHandle]
     # With a key, FastAPI's own open schema and docs routes are off; _keyed_docs serves them behind the key.
     app = FastAPI(title="distdl", summary="Online predictions from distdl checkpoints",
                   **({"openapi_url": None, "docs_url": None, "redoc_url": None} if api_key else {}))
-    app.add_middleware(BodyLimit, max_bytes=max(m.limits.max_body_bytes for m in models.values()))
+    largest_body = max(m.limits.max_body_bytes for m in models.values())
+    app.add_middleware(overload.BodyBudget, largest=largest_body)  # inside BodyLimit: sizes over the cap are 413s
+    app.add_middleware(BodyLimit, max_bytes=largest_body)
     app.add_exception_handler(ValidationError, _invalid_body)
     app.add_exception_handler(BodyTooLarge, _too_large)
     auth = [Depends(_auth(api_key))] if api_key else []
@@ -169,11 +169,8 @@ def _task_route(task_name: str, route: Route, models: dict[str, ModelInfo], hand
         if info.task != task_name:
             raise problem(404, f"model {name!r} does {info.task}, not {task_name}: POST {info.route}")
         parsed = await route.parse(request, info.limits)
-        try:
-            outputs = await handles[name].predict.remote(parsed.rows, parsed.options)
-        except UNAVAILABLE:
-            raise HTTPException(503, f"model {name!r} has no live replica right now; retry",
-                                headers={"Retry-After": "1"}) from None
+        outputs = await overload.model_answer(name, handles[name].predict.remote(parsed.rows, parsed.options),
+                                              info.limits.request_timeout_s)
         bad = [{"loc": [route.items, i], "msg": row["error"], "type": "bad_input"}
                for i, row in enumerate(outputs) if row["error"] is not None]
         if bad:
@@ -199,7 +196,7 @@ async def _state(handle: DeploymentHandle) -> str:
     try:
         await asyncio.wait_for(handle.ready.remote(), READY_TIMEOUT_S)
         return "ready"
-    except (asyncio.TimeoutError, *UNAVAILABLE):
+    except (asyncio.TimeoutError, BackPressureError, *overload.UNAVAILABLE):
         return "loading"
 
 

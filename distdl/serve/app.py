@@ -23,10 +23,12 @@ from typing import Any, Optional
 
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 from ray.serve.schema import DeploymentStatus
 
 from distdl import checkpoint, logs, models
 from distdl.paths import is_uri
+from distdl.serve import overload
 from distdl.serve.api import ROUTES, SERVED, Ingress
 from distdl.serve.model import ModelServer
 from distdl.serve.schema import Limits, ModelInfo
@@ -38,7 +40,8 @@ IMPORT_PATH = "distdl.serve:build_app"
 NAMED = re.compile(r"^([A-Za-z0-9_-]+)=(.+)$")  # NAME=PATH
 # The ingress only parses requests and awaits the models: it reserves no CPU (like Serve's own
 # proxy) so it never keeps a model replica from being placed, and it admits many requests at
-# once so that batches can fill; back-pressure happens at the model deployments.
+# once so that batches can fill; back-pressure happens at the model deployments (their queues)
+# and, for memory, at the ingress's body budget (overload.BodyBudget).
 INGRESS_MAX_ONGOING = 1024
 HEALTH_CHECK_PERIOD_S = 2.0  # a dead replica is noticed and replaced within seconds
 
@@ -105,7 +108,10 @@ def build_app(args: dict[str, Any]) -> Application:
 
 def application(served: list[Served], api_key_env: Optional[str]) -> Application:
     handles = {s.info.name: _model_deployment(s) for s in served}
+    largest_body = max(s.options.max_body_bytes for s in served)
     ingress = Ingress.options(name="ingress", max_ongoing_requests=INGRESS_MAX_ONGOING,
+                              max_queued_requests=overload.proxy_queue(largest_body, INGRESS_MAX_ONGOING),
+                              backpressure_config=BackpressureConfig(retry_after_s=overload.RETRY_AFTER_S),
                               health_check_period_s=HEALTH_CHECK_PERIOD_S, ray_actor_options={"num_cpus": 0})
     return ingress.bind(handles, [s.info.model_dump() for s in served], api_key_env)
 
@@ -122,6 +128,7 @@ def _model_deployment(served: Served) -> Application:
     threads = max(1, round(o.cpus_per_replica)) if o.threads_per_replica == "auto" else o.threads_per_replica
     deployment = ModelServer.options(
         name=f"model-{served.info.name}", max_ongoing_requests=o.max_ongoing_requests,
+        max_queued_requests=o.max_queued_requests,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         ray_actor_options={"num_cpus": o.cpus_per_replica, "num_gpus": o.gpus_per_replica}, **scaling)
     options = ROUTES[served.info.task].predictor_options(served.info.limits)

@@ -22,6 +22,7 @@ class Limits(BaseModel):
     max_text_chars: int = Field(description="longest text or prompt, in characters")
     max_new_tokens: int = Field(description="most tokens a language model generates per prompt")
     top_k: int = Field(description="most labels a response may list per item")
+    request_timeout_s: float = Field(description="longest a request waits for the model's answer; longer: 504")
 
     @classmethod
     def of(cls, options: ServeSpec) -> "Limits":
@@ -111,6 +112,8 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         413: "body, item count, image pixels or text length over the model's limits",
         415: "unsupported Content-Type",
         422: "input that cannot be turned into a model input; detail names each bad item",
-        503: "a model replica stopped or is starting: retry",
+        503: "the model's queue is full, the server holds its most request bodies, or a model replica stopped "
+             "or is starting: retry after the Retry-After seconds",
+        504: "the model did not answer within its request_timeout_s",
     }.items()
 }

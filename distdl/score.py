@@ -3,7 +3,10 @@
 Output parts are committed atomically per written block (score_output.py). A re-run with
 the same output scores only the rows whose id is not yet committed, so a killed job resumes
 without losing or duplicating a row. The manifest in the output folder records which
-checkpoint produced it, so a different model is never mixed into an existing output.
+checkpoint produced it from which input, so a different model or a changed input is never
+mixed into an existing output; an input that grew has its new rows scored (score_resume.py).
+Ids are checked before scoring (score_ids.py), one run at a time holds the output
+(score_lock.py), and the run fails unless the committed output holds each input row exactly once.
 """
 from __future__ import annotations
 
@@ -16,14 +19,13 @@ from typing import Optional
 
 import numpy as np
 
-import pyarrow.fs
-
 import ray
 import ray.data
 
-from distdl import checkpoint, data, models, progress, runtime, score_output, tasks
+from distdl import (checkpoint, data, models, progress, runtime, score_ids, score_input, score_lock, score_output,
+                    score_resume, tasks)
 from distdl.logs import say
-from distdl.paths import filesystem, is_uri
+from distdl.paths import is_uri
 from distdl.predict import Predictor, input_column, output_types
 from distdl.preprocessors.base import require_column
 from distdl.spec import ScoreSpec
@@ -156,9 +158,12 @@ class Summary:
 
 def score(checkpoint_path: str, input_path: str, output_path: str, resources: Resources = Resources(),
           fmt: str = "auto", id_column: str | None = None, overwrite: bool = False,
-          options: dict | None = None) -> Summary:
+          options: dict | None = None, content_ids: bool = False) -> Summary:
     """Score ``input_path`` with the checkpoint into parquet parts under ``output_path``;
-    ``options`` go to the Predictor's task (e.g. ``{"top_k": 3}``)."""
+    ``options`` go to the Predictor's task (e.g. ``{"top_k": 3}``). ``content_ids``: identify
+    rows by a hash of their content even where the input has an id column."""
+    if content_ids and id_column:
+        raise ValueError("--id-column and --content-ids exclude each other: give one")
     output_path = output_path if is_uri(output_path) else str(Path(output_path).absolute())  # Ray needs absolute
     runtime.warn_if_not_shared({"--checkpoint": checkpoint_path, "--input": input_path, "--output": output_path})
     # Before reading: Ray's parquet reader runs a sampling task, which on a cluster without a
@@ -171,11 +176,14 @@ def score(checkpoint_path: str, input_path: str, output_path: str, resources: Re
     require_column(raw, input_column(checkpoint_path), "input")
     if id_column:
         require_column(raw, id_column, "--id-column")
+    flag = "--id-column" if id_column else "id column"
+    if not content_ids:
+        id_column = id_column or next((c for c in ("id", "path") if c in raw.columns()), None)
     # The progress bar's total, where parquet footers tell it (read again: data.read keeps its count).
     fmt = data.infer_format(input_path) if fmt == "auto" else fmt
     footers = data.check_readable(input_path, fmt) if progress.shown() else None
     return _run(checkpoint_path, raw, output_path, resources, id_column, overwrite, options or {},
-                sum(footers) if footers is not None else None)
+                sum(footers) if footers is not None else None, score_input.describe(input_path, fmt), flag)
 
 
 def check_generative(checkpoint_path: str, count: int, seed: int) -> None:
@@ -195,33 +203,57 @@ def generate(checkpoint_path: str, count: int, output_path: str, resources: Reso
     same images whatever the actors or batches, and a killed job resumes by id."""
     check_generative(checkpoint_path, count, seed)
     resources.check_fits()
-    return _run(checkpoint_path, ray.data.range(count), output_path, resources, "id", overwrite, {"seed": seed}, count)
+    return _run(checkpoint_path, ray.data.range(count), output_path, resources, "id", overwrite, {"seed": seed}, count,
+                score_input.generated(count), "id column")
 
 
 def _run(checkpoint_path: str, raw: ray.data.Dataset, output_path: str, resources: Resources,
-         id_column: str | None, overwrite: bool, options: dict, rows: int | None) -> Summary:
-    """``rows``: the input's rows where known without reading it (None: the progress bar has no total)."""
+         id_column: str | None, overwrite: bool, options: dict, rows: int | None, source: dict,
+         flag: str) -> Summary:
+    """``id_column``: None scores by content ids. ``rows``: the input's rows where known without
+    reading it (None: the progress bar has no total). ``source``: the input's identity
+    (score_input). ``flag``: what named the id column, for messages."""
     started = time.perf_counter()
     output_path = output_path if is_uri(output_path) else str(Path(output_path).absolute())  # Ray needs absolute
-    id_column = id_column or next((c for c in ("id", "path") if c in raw.columns()), None)
-    manifest = {"checkpoint": checkpoint_path, "identity": checkpoint.identity(checkpoint_path),
+    expected = score_ids.check_input(raw, id_column, flag) if id_column else None  # before anything is written
+    manifest = {"checkpoint": checkpoint_path, "identity": checkpoint.identity(checkpoint_path), "input": source,
                 "options": options, "id_column": id_column or ROW_ID, "complete": False}
-    done = _prepare_output(output_path, manifest, overwrite, resumable=id_column is not None)
-    if done is None:  # this checkpoint already scored everything here
-        return _summarize(raw.count(), output_path, 0, time.perf_counter() - started)
+    score_resume.make_folder(output_path)
+    with score_lock.held(output_path):
+        done = score_resume.prepare(output_path, manifest, overwrite, resumable=id_column is not None)
+        written = 0 if done is None else _write(checkpoint_path, raw, output_path, resources, id_column, done,
+                                                options, rows)
+        rows_in = _check_complete(output_path, raw, id_column, expected)
+        score_output.write_manifest(output_path, {**manifest, "complete": True})
+    return _summarize(rows_in, output_path, written, time.perf_counter() - started)
+
+
+def _check_complete(output_path: str, raw: ray.data.Dataset, id_column: str | None,
+                    expected: score_ids.InputIds | None) -> int:
+    """The input's rows, after failing unless the output holds each exactly once."""
+    if expected:
+        score_ids.check_output(expected, raw, id_column, score_output.committed_id_column(output_path, id_column))
+        return expected.rows
+    # Content ids: count the raw input, as the row-id map would hash every row again just to be counted.
+    rows_in = raw.count()
+    score_ids.check_output_rows(rows_in, score_output.counts(output_path)[0])
+    return rows_in
+
+
+def _write(checkpoint_path: str, raw: ray.data.Dataset, output_path: str, resources: Resources,
+           id_column: str | None, done: score_output.IdSet, options: dict, rows: int | None) -> int:
+    """Score the rows not in ``done`` into committed parts; the rows written."""
     if done:
         say(f"[distdl] resuming: {len(done)} rows already scored in {output_path}")
     scored = scoring_pipeline(checkpoint_path, raw, resources, id_column, done, options)
-    sink = score_output.PartSink(output_path, manifest["id_column"], output_types(checkpoint_path),
+    sink = score_output.PartSink(output_path, id_column or ROW_ID, output_types(checkpoint_path),
                                  resources.rows_per_file, ids_from_content=id_column is None)
     try:
         with progress.following("score", "row", rows, len(done), score_output.CommittedRows(output_path)):
             scored.write_datasink(sink)
     except ray.exceptions.RayError as exc:  # the reason, not Ray's traceback of the actor that died of it
         raise ScoringError(f"scoring failed: {runtime.root_cause(exc)}") from exc
-    score_output.write_manifest(output_path, {**manifest, "complete": True})
-    # Count the raw input: the row-id map would hash every row again just to be counted.
-    return _summarize(raw.count(), output_path, sink.rows_written, time.perf_counter() - started)
+    return sink.rows_written
 
 
 def scoring_pipeline(checkpoint_path: str, raw: ray.data.Dataset, resources: Resources, id_column: str | None,
@@ -247,40 +279,6 @@ def scoring_pipeline(checkpoint_path: str, raw: ray.data.Dataset, resources: Res
         fn_constructor_kwargs={"checkpoint_path": checkpoint_path, **options, "threads": resources.threads(),
                                "passthrough": [id_column], "where_column": id_column,
                                "device": "cuda" if resources.gpus else "cpu"})
-
-
-def _prepare_output(output_path: str, manifest: dict, overwrite: bool,
-                    resumable: bool) -> score_output.IdSet | None:
-    """Ids already committed in the output (None when it is complete), after refusing a mismatch."""
-    fs, inner = filesystem(output_path)
-    if fs.get_file_info(inner).type == pyarrow.fs.FileType.File:
-        raise ValueError(f"--output {output_path} is a file; give a folder (it will hold parquet parts)")
-    old = score_output.read_manifest(output_path)
-    if old and not overwrite:
-        if old["identity"] != manifest["identity"]:
-            raise ValueError(f"{output_path} holds scores of another checkpoint ({old['checkpoint']}); "
-                             "use --overwrite to replace them, or another --output")
-        if old.get("options", {}) != manifest["options"]:
-            raise ValueError(f"{output_path} holds scores made with other options ({old.get('options', {})}, "
-                             f"now {manifest['options']}); use --overwrite to replace them, or another --output")
-        if not resumable:
-            raise ValueError(f"{output_path} already holds scores and the input has no id column to resume "
-                             "by (pass --id-column); use --overwrite to score everything again")
-        if old["complete"]:
-            return None
-        score_output.remove_partial(output_path)
-        return score_output.committed_ids(output_path, manifest["id_column"])
-    if fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound:
-        if old is None and not overwrite and fs.get_file_info(pyarrow.fs.FileSelector(inner)):
-            raise ValueError(f"{output_path} is not empty and was not written by distdl score; "
-                             "use --overwrite to replace it")
-        fs.delete_dir_contents(inner, missing_dir_ok=True)
-    try:
-        fs.create_dir(inner, recursive=True)
-    except OSError as exc:
-        raise ValueError(f"--output {output_path}: cannot create it: {exc}") from exc
-    score_output.write_manifest(output_path, manifest)
-    return score_output.IdSet([])
 
 
 def _drop_done(batch: dict[str, np.ndarray], column: str, done: score_output.IdSet) -> dict[str, np.ndarray]:

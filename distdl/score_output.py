@@ -1,21 +1,21 @@
 """The scoring output folder: parquet parts committed atomically, one per written block.
 
-A write task writes its block to a hidden temporary file and renames it into place, so a
-part is either absent or complete. The part's name is a hash of the row ids it holds (and
+A write task commits its block as one part (score_commit: a temporary file, fsync, rename),
+so a part is either absent or complete. The part's name is a hash of the row ids it holds (and
 of the write task's index where ids come from content; see PartSink): a write retried after
 a crash (or a block recomputed after an actor died) replaces the same file instead of adding
 a second copy of its rows. A re-run reads the ids already committed and scores only the
 rest, so a killed job resumes without scoring a row twice.
 
     <output>/part-<hash>.parquet   committed rows: the id column, predictions, error
-    <output>/.tmp-part-<hash>...   a write cut short; deleted when the next run starts
-    <output>/_distdl_score.json    manifest: checkpoint identity, id column, complete flag
+    <output>/.tmp-<id>-...         a write cut short; deleted when the next run starts
+    <output>/_distdl_score.json    manifest: checkpoint and input identity, id column, complete flag
+    <output>/_distdl_score.lock    the running distdl score's host and pid (score_lock)
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from typing import Any, Iterable
 
 import numpy as np
@@ -31,14 +31,24 @@ from ray.data.datasource import Datasink
 
 from distdl.data import value_bytes
 from distdl.paths import filesystem
+from distdl.score_commit import TMP_PREFIX, commit, join
+from distdl.score_lock import LOCK
 
 MANIFEST = "_distdl_score.json"
 PART_PREFIX = "part-"
-TMP_PREFIX = ".tmp-"
 
 
-def _join(*parts: str) -> str:
-    return "/".join(p.rstrip("/") for p in parts)
+def part_name(ids: Iterable, task: int | None = None) -> str:
+    """The part holding rows ``ids`` (and written by write task ``task``, for content ids).
+    Each id's bytes go in after their length: ids joined by a separator could contain it
+    (["a\\nb"] and ["a", "b"] joined by newlines are one string)."""
+    digest = hashlib.blake2b(digest_size=12)
+    for value in ids:
+        key = value_bytes(value)
+        digest.update(len(key).to_bytes(8, "little") + key)
+    if task is not None:
+        digest.update(f"task {task}".encode())
+    return f"{PART_PREFIX}{digest.hexdigest()}.parquet"
 
 
 class PartSink(Datasink):
@@ -70,15 +80,10 @@ class PartSink(Datasink):
             return 0
         table = pa.concat_tables(tables, promote_options="permissive")
         table = table.cast(pa.schema([pa.field(f.name, self.types.get(f.name, f.type)) for f in table.schema]))
-        ids = "\n".join(map(str, table[self.id_column].to_pylist()))
-        if self.ids_from_content:
-            ids += f"\ntask {ctx.task_idx}"
-        name = f"{PART_PREFIX}{hashlib.blake2b(ids.encode(), digest_size=12).hexdigest()}.parquet"
-        fs, inner = filesystem(self.output_path)
-        tmp = _join(inner, f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}")
-        with fs.open_output_stream(tmp) as f:
-            pq.write_table(table, f)
-        fs.move(tmp, _join(inner, name))  # the commit: readers see all of the part or none
+        name = part_name(table[self.id_column].to_pylist(), ctx.task_idx if self.ids_from_content else None)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
+        commit(self.output_path, name, buffer.getvalue().to_pybytes())  # readers see all of the part or none
         return table.num_rows
 
     def on_write_complete(self, write_result: Any) -> None:
@@ -146,9 +151,14 @@ def _keys(ids: Iterable) -> np.ndarray:
     return np.array([value_bytes(v) + b"\xff" for v in ids], dtype=np.bytes_)
 
 
-def committed_ids(output_path: str, id_column: str) -> IdSet:
+def committed_id_column(output_path: str, id_column: str) -> pa.ChunkedArray:
+    """The id column of every committed part (empty when none is)."""
     ids = _column(output_path, id_column)
-    return IdSet([] if ids is None else ids.to_pylist())
+    return pa.chunked_array([], pa.null()) if ids is None else ids
+
+
+def committed_ids(output_path: str, id_column: str) -> IdSet:
+    return IdSet(committed_id_column(output_path, id_column).to_pylist())
 
 
 def counts(output_path: str, examples: int = 3) -> tuple[int, int, list[str]]:
@@ -158,6 +168,18 @@ def counts(output_path: str, examples: int = 3) -> tuple[int, int, list[str]]:
         return 0, 0, []
     first = pc.drop_null(errors)[:examples].to_pylist()  # each names its row
     return len(errors), pc.count(errors).as_py(), first  # count() skips nulls: the rows with an error
+
+
+def clear(output_path: str) -> None:
+    """Delete everything in the output folder but the lock this run holds (--overwrite)."""
+    fs, inner = filesystem(output_path)
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(inner)):
+        if info.base_name == LOCK:
+            continue
+        if info.type == pyarrow.fs.FileType.Directory:
+            fs.delete_dir(info.path)
+        else:
+            fs.delete_file(info.path)
 
 
 def remove_partial(output_path: str) -> None:
@@ -170,7 +192,7 @@ def remove_partial(output_path: str) -> None:
 
 def read_manifest(output_path: str) -> dict | None:
     fs, inner = filesystem(output_path)
-    path = _join(inner, MANIFEST)
+    path = join(inner, MANIFEST)
     if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
         return None
     with fs.open_input_stream(path) as f:
@@ -178,6 +200,4 @@ def read_manifest(output_path: str) -> dict | None:
 
 
 def write_manifest(output_path: str, manifest: dict) -> None:
-    fs, inner = filesystem(output_path)
-    with fs.open_output_stream(_join(inner, MANIFEST)) as f:
-        f.write(json.dumps(manifest, indent=2).encode())
+    commit(output_path, MANIFEST, json.dumps(manifest, indent=2).encode())

@@ -58,7 +58,8 @@ def add_score(sub: argparse._SubParsersAction) -> None:
     pool.add_argument("--rows-per-file", type=int,
                       help="rows per output parquet part (auto: one part per block Ray Data writes)")
     generation_args(score)
-    score.add_argument("--overwrite", action="store_true", help="replace an output of another checkpoint")
+    score.add_argument("--overwrite", action="store_true",
+                       help="replace an output of another checkpoint, other options or a changed input")
     score.add_argument("--address", default=None, help="Ray cluster to use (as for train)")
     verbose_arg(score)
 

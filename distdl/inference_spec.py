@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Union
+from typing import Iterator, Literal, Union
 
 from distdl.preprocessors.image import MAX_PIXELS
 from distdl.specbase import Auto, check, knob
@@ -42,6 +42,8 @@ class ServeSpec:
     cpus_per_replica: float = knob(1.0, help="Ray CPUs per replica (fractions allowed)")
     gpus_per_replica: float = knob(0.0, help="GPUs per replica; above 0 the model runs on cuda; fractions share a GPU")
     threads_per_replica: Union[Auto, int] = knob("auto", help="torch threads per replica; auto: its CPUs")
+    backend: Literal["torch", "onnx"] = knob("torch", help="what runs the model: `torch`, or `onnx`: each replica "
+                                                           "exports it as it starts and runs it in onnxruntime")
     top_k: int = knob(5, help="most labels a classification answer lists per item (and the default `?top_k`)")
     max_body_bytes: int = knob(8 * 2**20, help="larger request bodies: 413")
     max_items_per_request: int = knob(64, help="more items in one request (images, sequences, clips, texts, "
@@ -91,6 +93,9 @@ class ScoreSpec:
                                            "share a GPU")
     rows_per_file: Union[Auto, int] = knob("auto", help="rows per output parquet part (`--rows-per-file`); auto: "
                                                         "one part per scored block")
+    backend: Literal["torch", "onnx"] = knob("torch", help="what runs the model (`--backend`): `torch`, or `onnx`: "
+                                                           "the model exported once (distdl export) and run by "
+                                                           "onnxruntime in every actor")
 
     def problems(self) -> Iterator[tuple[str, str]]:
         for name in ("batch_size", "min_actors"):

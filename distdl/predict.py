@@ -96,26 +96,43 @@ class Predictor:
 
     ``passthrough`` columns (e.g. the row id) are copied from input to output unchanged;
     ``where_column`` names the column used to say which row an error belongs to;
+    ``backend`` "onnx": the model runs in onnxruntime (distdl.onnx_backend), from ``onnx_model``
+    (the bytes onnx_export.build gives; exported here when None);
     other keyword ``options`` go to the task's ``predict`` (e.g. ``top_k`` for classification);
     a call may override them.
     """
 
     def __init__(self, checkpoint_path: str, threads: int | None = None, passthrough: Sequence[str] = (),
-                 where_column: str | None = None, device: str = "cpu", **options: Any):
+                 where_column: str | None = None, device: str = "cpu", backend: str = "torch",
+                 onnx_model: bytes | None = None, **options: Any):
         if threads:
             # One actor per reserved CPU share: more threads than that oversubscribe the cores.
             torch.set_num_threads(threads)
         self.device = usable_device(device)  # before the model loads: a bad node fails fast
-        model, self.pre, meta = checkpoint.load_model(checkpoint_path)
+        meta = checkpoint.load_meta(checkpoint_path)  # first: it says when the folder is no complete checkpoint
+        self.pre = checkpoint.load_preprocessor(checkpoint_path)
         self.family, self.task_name = meta["family"], models.task_name(meta)
         self.task = tasks.create(self.task_name, self.pre)
         refuse_unknown_options(self.task, self.task_name, options)
         self.inputs = _row_inputs(self.task, self.pre)
-        faster = models.FAMILIES[self.family].for_inference
-        self.model = (faster(model) if faster else model).to(self.device)
+        self.model = self._load(checkpoint_path, backend, onnx_model, meta, threads)
         self.options = options
         self.passthrough = list(passthrough)
         self.where_column = where_column
+
+    def _load(self, checkpoint_path: str, backend: str, onnx_model: bytes | None, meta: dict,
+              threads: int | None) -> Any:
+        """The model the task calls: the torch module in its inference form, or an onnxruntime session."""
+        if backend == "onnx":
+            from distdl.onnx_backend import OnnxModel
+            from distdl.onnx_export import build
+
+            return OnnxModel(onnx_model or build(checkpoint_path)[0], meta, threads, self.device)
+        if backend != "torch":
+            raise ValueError(f"backend: one of torch, onnx; got {backend!r}")
+        model = checkpoint.load_model(checkpoint_path)[0]
+        faster = models.FAMILIES[self.family].for_inference
+        return (faster(model) if faster else model).to(self.device)
 
     @property
     def output_columns(self) -> tuple[str, ...]:

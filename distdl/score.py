@@ -57,6 +57,7 @@ class Resources:
     cpus: float = ScoreSpec.cpus_per_actor  # per actor; fractions allowed
     gpus: float = ScoreSpec.gpus_per_actor  # per actor
     rows_per_file: int | None = None  # None: one output part per block Ray Data writes
+    backend: str = ScoreSpec.backend  # "torch" or "onnx" (distdl.onnx_backend)
 
     def max_size(self) -> int:
         total = ray.cluster_resources()
@@ -106,7 +107,8 @@ class Resources:
 
 # The `score` section's fields and the `distdl score` flags that override them.
 FLAGS = {"batch_size": "--batch-size", "min_actors": "--min-actors", "max_actors": "--max-actors",
-         "cpus_per_actor": "--cpus", "gpus_per_actor": "--gpus", "rows_per_file": "--rows-per-file"}
+         "cpus_per_actor": "--cpus", "gpus_per_actor": "--gpus", "rows_per_file": "--rows-per-file",
+         "backend": "--backend"}
 
 
 def resources(checkpoint_path: str, given: dict) -> Resources:
@@ -119,7 +121,8 @@ def resources(checkpoint_path: str, given: dict) -> Resources:
         flag = {f"score.{field}": FLAGS[field] for field in given}
         raise SpecError([(flag.get(path, path), message) for path, message in problems], "score settings")
     return Resources(settings.batch_size, settings.min_actors, _unless_auto(settings.max_actors),
-                     settings.cpus_per_actor, settings.gpus_per_actor, _unless_auto(settings.rows_per_file))
+                     settings.cpus_per_actor, settings.gpus_per_actor, _unless_auto(settings.rows_per_file),
+                     settings.backend)
 
 
 def _unless_auto(value: int | str) -> int | None:
@@ -278,7 +281,17 @@ def scoring_pipeline(checkpoint_path: str, raw: ray.data.Dataset, resources: Res
         Predictor, batch_format="numpy", batch_size=resources.batch_size, compute=resources.pool(), **in_the_actors,
         fn_constructor_kwargs={"checkpoint_path": checkpoint_path, **options, "threads": resources.threads(),
                                "passthrough": [id_column], "where_column": id_column,
-                               "device": "cuda" if resources.gpus else "cpu"})
+                               "device": "cuda" if resources.gpus else "cpu", **_backend(checkpoint_path, resources)})
+
+
+def _backend(checkpoint_path: str, resources: Resources) -> dict:
+    """The Predictor's backend arguments: the onnx model is exported once, here, and its bytes
+    go to every actor (Ray ships them through its object store)."""
+    if resources.backend != "onnx":
+        return {}
+    from distdl.onnx_export import build
+
+    return {"backend": "onnx", "onnx_model": build(checkpoint_path)[0]}
 
 
 def _drop_done(batch: dict[str, np.ndarray], column: str, done: score_output.IdSet) -> dict[str, np.ndarray]:

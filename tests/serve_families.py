@@ -37,7 +37,7 @@ from distdl.preprocessors.text import UNKNOWN, CharPreprocessor
 
 TEXT_LIMITS = {"max_items_per_request": 4, "max_text_chars": 200}
 SERVE = {  # model name -> its checkpoint's serve section
-    "waves": {"max_items_per_request": 4},
+    "waves": {"max_items_per_request": 4, "backend": "onnx"},  # served by onnxruntime, compared with torch offline
     "chirps": {"max_items_per_request": 4, "top_k": 3},
     "chars": {**TEXT_LIMITS, "max_new_tokens": 40, "batch_wait_timeout_s": 0.05},
     "topics": TEXT_LIMITS,

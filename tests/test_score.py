@@ -81,6 +81,19 @@ def test_scores_equal_the_predictor_called_directly(ckpt, digits, tmp_path):
         np.testing.assert_allclose(rows[row_id]["top_probabilities"], direct["top_probabilities"][i], rtol=1e-5)
 
 
+def test_the_onnx_backend_scores_as_the_torch_predictor_does(ckpt, digits, tmp_path):
+    out = tmp_path / "out"
+    assert cli.main(["score", "--checkpoint", ckpt, "--input", str(digits["holdout"]), "--output", str(out),
+                     "--backend", "onnx", "--max-actors", "2"]) == 0
+    rows = rows_by_id(out)
+    batch = holdout_batch(digits, 1000)
+    direct = Predictor(ckpt)(batch)
+    assert len(rows) == len(batch["id"])
+    for i, row_id in enumerate(batch["id"]):
+        assert rows[row_id]["label"] == direct["label"][i]
+        np.testing.assert_allclose(rows[row_id]["top_probabilities"], direct["top_probabilities"][i], atol=1e-4)
+
+
 def test_an_actor_runs_one_predictor_call_at_a_time_though_two_blocks_are_in_flight(ckpt, digits, tmp_path,
                                                                                     monkeypatch):
     """score.CALLS_PER_ACTOR lets an actor fetch and slice its next block during a call; the

@@ -6,6 +6,7 @@
     runs.py     runs (list, --compare)
     report.py   report
     tune.py     tune
+    export.py   export
     common.py   arguments several commands share
 
 Each command imports what it needs when it runs, so `distdl --help`, a command's --help and a
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distdl.cli import cluster, report, run, runs, serve, tune
+from distdl.cli import cluster, export, report, run, runs, serve, tune
 from distdl.specbase import SpecError
 
 EPILOG = """examples:
@@ -35,6 +36,7 @@ EPILOG = """examples:
   distdl runs --compare cnn_digits cnn_digits_lr01        # spec diff, metrics, compare.html
   distdl report runs/cnn_digits                           # runs/cnn_digits/report.html
   distdl tune jobs/cnn_digits.yaml --search train.lr=loguniform:1e-4:1e-1 --trials 8 --scheduler asha
+  distdl export --checkpoint runs/cnn_digits/best --output cnn_digits.onnx  # for onnxruntime
 
 Ray's own output (its INFO/WARNING lines, worker output) goes to a log file that the command
 names; -v/--verbose shows it instead.
@@ -55,11 +57,12 @@ def parser() -> argparse.ArgumentParser:
     runs.add_parser(sub)
     report.add_parser(sub)
     tune.add_parser(sub)
+    export.add_parser(sub)
     return p
 
 
 COMMANDS = {**run.COMMANDS, **serve.COMMANDS, **cluster.COMMANDS, **runs.COMMANDS, **report.COMMANDS,
-            **tune.COMMANDS}
+            **tune.COMMANDS, **export.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,8 @@ def add_score(sub: argparse._SubParsersAction) -> None:
                       help="largest pool (auto: one per GPU, else every CPU but one, left for reading)")
     pool.add_argument("--cpus", type=float, help="CPUs per actor, fractions allowed (1)")
     pool.add_argument("--gpus", type=float, help="GPUs per actor, fractions allowed; above 0 the model runs on cuda (0)")
+    pool.add_argument("--backend", choices=("torch", "onnx"),
+                      help="onnx: export the model once and run it in onnxruntime in every actor (torch)")
     pool.add_argument("--rows-per-file", type=int,
                       help="rows per output parquet part (auto: one part per block Ray Data writes)")
     generation_args(score)

@@ -37,6 +37,9 @@ class Family(NamedTuple):
     # model in eval mode -> the same function in a faster form for inference only (scoring,
     # serving); never trained or saved. None: the model as it is.
     for_inference: Optional[Callable[[nn.Module], nn.Module]] = None
+    # model in eval mode -> the same function in a form ONNX export can trace (distdl.onnx_export);
+    # ValueError with the reason for a model that has none. None: the model as it is.
+    for_export: Optional[Callable[[nn.Module], nn.Module]] = None
     # Config fields naming a file/folder, or a complete distdl checkpoint: made absolute like data
     # paths and checked before Ray starts (spec.path_problems). Read-only.
     paths: Mapping[str, Literal["file", "checkpoint"]] = {}
@@ -50,7 +53,7 @@ FAMILIES: dict[str, Family] = {
     "rnn": Family(config=rnn.RNNConfig, preprocess=sequence.SequencePreprocessSpec, input_column="sequence",
                   formats=("parquet", "csv", "jsonl", "text", "audio_folder"), build=rnn.build, complete=rnn.complete,
                   fit=rnn.fit_preprocessor, augmentations=rnn.augmentations, task=rnn.task,
-                  input_column_for=rnn.input_column),
+                  input_column_for=rnn.input_column, for_export=rnn.for_export),
     "transformer": Family(config=transformer.TransformerConfig, preprocess=tokenized.TextPreprocessSpec, input_column="text",
                           formats=("parquet", "csv", "jsonl"), build=transformer.build, complete=transformer.complete,
                           fit=transformer.fit_preprocessor, augmentations=transformer.augmentations,

@@ -120,6 +120,39 @@ class CharLM(nn.Module):
         return self.step(x)[0]
 
 
+class UnpackedRecurrent(nn.Module):
+    """A unidirectional RecurrentClassifier without packed sequences, for ONNX export: the RNN
+    runs over the padded batch. Its outputs up to each row's length do not depend on the padding
+    after it, so the top layer's output at the row's last step is the packed run's final state,
+    and the mean over the valid steps is the packed run's mean."""
+
+    def __init__(self, model: RecurrentClassifier):
+        super().__init__()
+        self.rnn, self.head, self.pool = model.rnn, model.head, model.pool
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # x: (B, T, F), lengths: (B,)
+        outputs, _ = self.rnn(x)  # (B, T, H)
+        if self.pool == "mean":
+            valid = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None])[:, :, None]  # (B, T, 1)
+            pooled = (outputs * valid).sum(1) / lengths.to(outputs)[:, None]
+        else:
+            pooled = outputs[torch.arange(x.shape[0], device=x.device), lengths - 1]  # (B, H)
+        return self.head(pooled)
+
+
+def for_export(model: nn.Module) -> nn.Module:
+    """The model in a form ONNX export can trace; ValueError for what has none."""
+    if isinstance(model, CharLM):
+        raise ValueError("a language model generates text by sampling one character at a time in Python; "
+                         "only single forward passes export")
+    if isinstance(model, RecurrentClassifier):
+        if model.directions == 2:
+            raise ValueError("a bidirectional lstm/gru reads each row backwards from its own last step, which "
+                             "needs packed sequences; ONNX export covers unidirectional ones and conv1d")
+        return UnpackedRecurrent(model)
+    return model
+
+
 def build(cfg: RNNConfig) -> nn.Module:
     if cfg.task == "language_model":
         if cfg.vocab_size is None:

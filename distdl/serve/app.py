@@ -133,7 +133,7 @@ def _model_deployment(served: Served) -> Application:
         ray_actor_options={"num_cpus": o.cpus_per_replica, "num_gpus": o.gpus_per_replica}, **scaling)
     options = ROUTES[served.info.task].predictor_options(served.info.limits)
     return deployment.bind(served.info.checkpoint, options, threads, "cuda" if o.gpus_per_replica else "cpu",
-                           o.max_batch_size, o.batch_wait_timeout_s)
+                           o.max_batch_size, o.batch_wait_timeout_s, o.backend)
 
 
 def export_config(checkpoints: list[str], **options: Any) -> dict:

@@ -28,8 +28,10 @@ class Row(NamedTuple):
 @serve.deployment
 class ModelServer:
     def __init__(self, checkpoint_path: str, options: dict[str, Any], threads: int, device: str,
-                 max_batch_size: int, batch_wait_timeout_s: float):
-        self.predictor = Predictor(checkpoint_path, threads=threads, device=device, where_column=INDEX, **options)
+                 max_batch_size: int, batch_wait_timeout_s: float, backend: str = "torch"):
+        # backend "onnx": each replica exports the model as it starts (seconds; distdl.onnx_export)
+        self.predictor = Predictor(checkpoint_path, threads=threads, device=device, where_column=INDEX,
+                                   backend=backend, **options)
         self.input_column = self.predictor.inputs.input_column
         # @serve.batch takes its sizes at class definition; each deployment sets its own here.
         self._predict_rows.set_max_batch_size(max_batch_size)

@@ -127,7 +127,10 @@ def test_the_cluster_autoscales_a_cpu_and_a_gpu_group_behind_a_cpu_head():
     assert spec["enableInTreeAutoscaling"] and spec["authOptions"] == {"mode": "token"}
     assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
     groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
-    assert set(groups) == {"cpu", "gpu"} and all(g["minReplicas"] < g["maxReplicas"] for g in groups.values())
+    # One CPU worker stays up (a training job is sized from the nodes alive when it starts and the
+    # head has no CPUs); the GPU group idles at zero pods.
+    assert set(groups) == {"cpu", "gpu"}
+    assert [(g["replicas"], g["minReplicas"], g["maxReplicas"]) for g in groups.values()] == [(1, 1, 4), (0, 0, 4)]
     assert "nvidia.com/gpu" in containers(groups["gpu"])[0]["resources"]["limits"]
     assert "nvidia.com/gpu" not in containers(groups["cpu"])[0]["resources"]["limits"]
 
@@ -139,7 +142,7 @@ def test_the_training_job_runs_the_spec_from_its_config_map_and_cleans_up():
     assert spec["shutdownAfterJobFinishes"] and spec["ttlSecondsAfterFinished"] > 0
     assert spec["backoffLimit"] >= 1 and spec["activeDeadlineSeconds"] > 0
     head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
-    assert head["volumes"] == [{"name": "spec", "configMap": {"name": config_map["metadata"]["name"]}}]
+    assert {"name": "spec", "configMap": {"name": config_map["metadata"]["name"]}} in head["volumes"]
     shipped = specmod.parse(yaml.safe_load(config_map["data"]["spec.yaml"]))
     assert shipped.storage == f"{BUCKET}/runs" and shipped.name == "cnn_digits"
 
@@ -196,8 +199,70 @@ def test_a_training_job_sizes_its_worker_pods_from_the_spec(capsys, monkeypatch)
     out = render(capsys, f"train jobs/cnn_digits.yaml --image {IMAGE} --set storage={BUCKET}/r "
                          f"--set data.train={BUCKET}/t.parquet --set scaling.num_workers=4 --gpus-per-node 2")
     (group,) = list(yaml.safe_load_all(out))[1]["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 2
+    assert group["replicas"] == group["maxReplicas"] == 2 and group["minReplicas"] == 0
     assert containers(group)[0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+
+
+TRAIN = f"train jobs/cnn_digits.yaml --image {IMAGE} --set storage={BUCKET}/r --set data.train={BUCKET}/t.parquet"
+SCORE = f"score --image {IMAGE} --checkpoint {BUCKET}/c --input {BUCKET}/i --output {BUCKET}/o"
+
+
+def job_and_workers(capsys, command: str) -> tuple[dict, dict]:
+    """The RayJob a command renders, and its one worker group."""
+    job = list(yaml.safe_load_all(render(capsys, command)))[-1]
+    (group,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    return job, group
+
+
+def test_a_jobs_cluster_starts_at_nodes_and_autoscales_between_zero_and_max_nodes(capsys, schemas):
+    job, group = job_and_workers(capsys, f"{SCORE} --max-actors 8 --nodes 2 --max-nodes 8")
+    schemas["RayJob"].validate(job)
+    assert job["spec"]["rayClusterSpec"]["enableInTreeAutoscaling"]
+    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (2, 0, 8)
+    # Without --max-nodes a job grows no larger than it starts; idle pods still go.
+    (committed,) = docs("rayjob-score.yaml")
+    (group,) = committed["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert committed["spec"]["rayClusterSpec"]["enableInTreeAutoscaling"]
+    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (1, 0, 1)
+
+
+def test_the_service_upgrades_to_a_changed_cluster_without_downtime():
+    (service,) = docs("rayservice.yaml")
+    assert service["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
+
+
+@pytest.mark.parametrize("flags, labels", [
+    ("--queue team-a", {"kueue.x-k8s.io/queue-name": "team-a"}),
+    ("--batch-scheduler volcano", {"ray.io/scheduler-name": "volcano"}),
+    ("--batch-scheduler volcano --queue team-a", {"ray.io/scheduler-name": "volcano", "volcano.sh/queue-name": "team-a"}),
+])
+def test_a_gang_scheduled_job_has_its_scheduler_labels_and_a_fixed_size(flags, labels, capsys, monkeypatch, schemas):
+    monkeypatch.chdir(ROOT)
+    job, group = job_and_workers(capsys, f"{TRAIN} --nodes 2 {flags}")
+    schemas["RayJob"].validate(job)
+    assert job["metadata"]["labels"] == {"app": "distdl", **labels}
+    # Kueue's webhook refuses a RayJob whose cluster autoscales; Volcano's gang would be only its minimum.
+    assert job["spec"]["rayClusterSpec"]["enableInTreeAutoscaling"] is False
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 2
+
+
+@pytest.mark.parametrize("name", RENDERED)
+def test_no_scheduler_label_unless_asked(name):
+    for doc in docs(name):
+        if doc["apiVersion"] == "ray.io/v1":
+            assert doc["metadata"]["labels"] == {"app": "distdl"}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (f"cluster --image {IMAGE} --queue team-a", "--queue and --batch-scheduler apply to train, tune and score, not to cluster"),
+    (f"{SCORE} --queue team-a --max-nodes 4", "--max-nodes 4 with --queue or --batch-scheduler: a gang-scheduled job"),
+    (f"{SCORE} --batch-scheduler yunikorn", "--batch-scheduler 'yunikorn': must be one of volcano"),
+    (f"{SCORE} --nodes 3 --max-nodes 2", "--max-nodes 2 is below 3, the worker pods this cluster starts with"),
+    (f"serve --image {IMAGE} --checkpoint {BUCKET}/c --nodes 5", "--max-nodes 4 is below 5"),
+])
+def test_bad_scaling_or_queue_flags_are_refused_with_the_flag_named(flags, message, capsys):
+    assert cli.main(["k8s", "render", *shlex.split(flags)]) == 1
+    assert message in capsys.readouterr().err
 
 
 def test_local_paths_are_refused_with_the_field_named(monkeypatch):
@@ -246,6 +311,8 @@ RENDERED_TOO = {  # beyond k8s/: the variants whose pods differ
     "service with an API key": f"serve --image {IMAGE} --checkpoint {BUCKET}/c --api-key-env KEY",
     "training on GPUs": f"train jobs/cnn_digits.yaml --image {IMAGE} --set storage={BUCKET}/r "
                         f"--set data.train={BUCKET}/t.parquet --gpus-per-node 2",
+    "training queued in Kueue, no autoscaler": f"train jobs/cnn_digits.yaml --image {IMAGE} --set storage={BUCKET}/r "
+                                               f"--set data.train={BUCKET}/t.parquet --queue team-a",
 }
 
 

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from distdl.cli import tune
-from distdl.cli.common import verbose_arg
+from distdl.cli.common import at_least, verbose_arg
 from distdl.cli.run import command_parser
 
 SUBMIT_EPILOG = """COMMAND is what a local run would take: `train SPEC [--set FIELD=VALUE ...] [--fresh]`
@@ -42,6 +42,15 @@ K8S_EPILOG = """examples (the files in k8s/ are these commands' output):
   distdl k8s render score --image REGISTRY/distdl:0.1.0 --checkpoint s3://BUCKET/runs/cnn_digits/best \\
       --input s3://BUCKET/digits/holdout.parquet --output s3://BUCKET/scores/digits
   distdl k8s render serve --image REGISTRY/distdl:0.1.0 --checkpoint s3://BUCKET/runs/cnn_digits/best
+
+scaling and queues:
+  a scoring job that starts with 2 worker pods and grows to 8 as its actor pool asks for them:
+  distdl k8s render score --image REGISTRY/distdl:0.1.0 --nodes 2 --max-nodes 8 --max-actors 8 \\
+      --checkpoint s3://BUCKET/runs/cnn_digits/best --input s3://BUCKET/digits/holdout.parquet \\
+      --output s3://BUCKET/scores/digits
+  a training job that Kueue's LocalQueue team-a admits whole (fixed size, no autoscaler):
+  distdl k8s render train jobs/cnn_digits.yaml --image REGISTRY/distdl:0.1.0 --queue team-a \\
+      --set storage=s3://BUCKET/runs --set data.train=s3://BUCKET/digits/train.parquet
 """
 
 
@@ -71,11 +80,20 @@ def _k8s_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-node", type=int, default=None,
                    help="GPUs of each worker pod (default: 1 for training unless scaling.use_gpu is false; "
                    "score: its --gpus; serve: 0)")
-    p.add_argument("--nodes", type=int, default=None,
-                   help="worker pods of a job, or the minimum of a service (default: as many as the spec's "
-                   "scaling.num_workers need, else 1)")
-    p.add_argument("--max-nodes", type=int, default=4, help="autoscaling maximum of cluster/serve (default: 4)")
+    p.add_argument("--nodes", type=at_least(0), default=None,
+                   help="worker pods a job starts with (default: as many as the spec's scaling.num_workers "
+                   "need, else 1); the minimum of each group of a cluster (default: 1 CPU pod, 0 GPU pods) or of a service "
+                   "(default: 1)")
+    p.add_argument("--max-nodes", type=at_least(1), default=None,
+                   help="autoscaling maximum of worker pods (per group): cluster and serve default to 4, a job to "
+                   "the size it starts at (it may shrink as its pods go idle)")
     p.add_argument("--name", default="distdl", help="name of the RayCluster / RayService (default: distdl)")
+    p.add_argument("--queue", default=None,
+                   help="train, tune, score: the queue that admits the job whole, at a fixed size: a Kueue "
+                   "LocalQueue (label kueue.x-k8s.io/queue-name), or with --batch-scheduler volcano a Volcano Queue")
+    p.add_argument("--batch-scheduler", default=None, metavar="volcano",
+                   help="train, tune, score: gang-schedule the job's pods with Volcano (label "
+                   "ray.io/scheduler-name; KubeRay must run with batchScheduler.name=volcano)")
 
 
 def _own_options(args: argparse.Namespace, add_options, prog: str) -> list[str]:
@@ -215,20 +233,23 @@ def _k8s(args: argparse.Namespace) -> int:
         raise ValueError("distdl k8s render needs --image: the distdl image built from cluster/Dockerfile")
     shape = k8s.Shape(args.image, args.cpus_per_node, args.memory_per_node, args.gpus_per_node, args.nodes,
                       args.max_nodes)
+    gang = k8s.Gang(args.queue, args.batch_scheduler)
+    if args.kind in ("cluster", "serve") and gang != k8s.Gang():
+        raise ValueError(f"--queue and --batch-scheduler apply to train, tune and score, not to {args.kind}")
     if args.kind == "train":
         local = command_parser().parse_args(["train", *rest])
-        docs = k8s.train_job(local.spec, local.overrides, shape)
+        docs = k8s.train_job(local.spec, local.overrides, shape, gang=gang)
     elif args.kind == "tune":
         local = command_parser().parse_args(["tune", *rest])
         sweep = tune.load(local)
         docs = k8s.train_job(local.spec, local.overrides, shape, ["tune", *tune.sweep_flags(local)],
-                             concurrent=sweep.tune.max_concurrent)
+                             concurrent=sweep.tune.max_concurrent, gang=gang)
     elif args.kind == "score":
         local = command_parser().parse_args(["score", *rest])
         paths = {"--checkpoint": local.checkpoint, "--input": local.input, "--output": local.output}
         # Only the --gpus flag sizes the pods: the checkpoint (and its score section) may exist only
         # on the cluster's storage, unreadable here.
-        docs = k8s.score_job(rest, paths, local.gpus or 0.0, shape)
+        docs = k8s.score_job(rest, paths, local.gpus or 0.0, shape, gang)
     elif args.kind == "serve":
         serve = _serve_parser().parse_args(rest)
         docs = k8s.rayservice(serve.checkpoint, serve.api_key_env, shape, args.name)

@@ -2,7 +2,31 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+from pathlib import Path
 from typing import Any, Callable
+
+
+def prepare_run_folder(spec: Any, fresh: bool) -> None:
+    """What `train` and `tune` check before Ray starts, and --fresh: the spec's paths (e.g. a gan's
+    model.classifier), the data paths, a storage folder that can be made; with ``fresh`` an
+    existing local run folder is removed first."""
+    from distdl import spec as specmod
+    from distdl.paths import is_uri
+    from distdl.specbase import SpecError
+
+    problems = specmod.path_problems(spec)
+    if problems:
+        raise SpecError(problems)
+    if fresh and not is_uri(spec.run_dir) and Path(spec.run_dir).exists():
+        print(f"[distdl] --fresh: removing {spec.run_dir}")
+        shutil.rmtree(spec.run_dir)
+    from distdl import data, train  # Ray is imported only once the spec is known to be valid
+
+    data.infer_format(spec.data.train)  # a missing path fails here, before Ray starts
+    if spec.data.val:
+        data.infer_format(spec.data.val)
+    train.require_writable_storage(spec)  # so does a storage folder that cannot be made
 
 
 def spec_args(p: argparse.ArgumentParser) -> None:

@@ -6,12 +6,9 @@ train and score print distdl's own lines and a progress bar; Ray's output goes t
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
-from distdl.cli.common import generation_args, generation_options, spec_args, verbose_arg
-from distdl.paths import is_uri
-from distdl.specbase import SpecError
+from distdl.cli.common import generation_args, generation_options, prepare_run_folder, spec_args, verbose_arg
 
 DEMO_KINDS = ("digits", "sequences", "text", "speech", "topics")  # demo_data.WRITERS (imported only when used)
 
@@ -123,18 +120,9 @@ def _train(args: argparse.Namespace) -> int:
     from distdl import spec as specmod
 
     spec = specmod.load(args.spec, args.overrides)
-    problems = specmod.path_problems(spec)  # e.g. a gan's model.classifier, before Ray starts
-    if problems:
-        raise SpecError(problems)
-    if args.fresh and not is_uri(spec.run_dir) and Path(spec.run_dir).exists():
-        print(f"[distdl] --fresh: removing {spec.run_dir}")
-        shutil.rmtree(spec.run_dir)
-    from distdl import data, logs, runtime, train  # Ray is imported only once the spec is known to be valid
+    prepare_run_folder(spec, args.fresh)
+    from distdl import logs, runtime, train
 
-    data.infer_format(spec.data.train)  # a missing path fails here, before Ray starts
-    if spec.data.val:
-        data.infer_format(spec.data.val)
-    train.require_writable_storage(spec)  # so does a storage folder that cannot be made
     log = None if args.verbose else logs.log_file(f"{spec.run_dir}/logs", "train")
     with logs.capture(log), runtime.session(args.address):
         logs.say(train.run(spec).describe(log))

@@ -6,11 +6,8 @@ best checkpoint and tune.json are written at the end. Re-running the same comman
 from __future__ import annotations
 
 import argparse
-import shutil
-from pathlib import Path
 
-from distdl.cli.common import at_least, spec_args, verbose_arg
-from distdl.paths import is_uri
+from distdl.cli.common import at_least, prepare_run_folder, spec_args, verbose_arg
 
 FLAGS = ("trials", "max_concurrent", "scheduler", "grace_period", "algorithm")  # TuneSpec fields set by flags
 
@@ -58,16 +55,10 @@ def sweep_flags(args: argparse.Namespace) -> list[str]:
 def _tune(args: argparse.Namespace) -> int:
     sweep = load(args)
     spec = sweep.spec
-    if args.fresh and not is_uri(spec.run_dir) and Path(spec.run_dir).exists():
-        print(f"[distdl] --fresh: removing {spec.run_dir}")
-        shutil.rmtree(spec.run_dir)
-    from distdl import data, logs, runtime, train  # Ray is imported only once the sweep is known to be valid
+    prepare_run_folder(spec, args.fresh)
+    from distdl import logs, runtime
     from distdl.tune import run
 
-    data.infer_format(spec.data.train)  # a missing path fails here, before Ray starts
-    if spec.data.val:
-        data.infer_format(spec.data.val)
-    train.require_writable_storage(spec)
     log = None if args.verbose else logs.log_file(f"{spec.run_dir}/logs", "tune")
     with logs.capture(log), runtime.session(args.address):
         outcome = run.sweep(sweep)

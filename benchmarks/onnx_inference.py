@@ -106,7 +106,9 @@ def measure(name: str, path: str, values: list, tmp: Path, args: argparse.Namesp
     for label, run in runs.items():
         per_s, outputs = rate(run, batches, args.seconds)
         base, reference = base or per_s, reference if reference is not None else outputs
-        print(f"  {label:22s} {per_s:9.0f} rows/s  x{per_s / base:.2f}  {quality(outputs, reference)}", flush=True)
+        setup = label.split()[0]  # "(b)"
+        ratio = "" if reference is outputs else f"{setup}/(a) = {per_s / base:.2f}"
+        print(f"  {label:22s} {per_s:9.0f} rows/s  {ratio:14s}  {quality(outputs, reference)}", flush=True)
 
 
 def main() -> None:

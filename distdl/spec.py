@@ -108,8 +108,13 @@ class ScalingSpec:
                                                             "auto: the node's CPUs less a share kept for Ray Data")
     gpus_per_worker: float = knob(1.0, help="GPUs per worker when training on GPUs")
     threads_per_worker: Union[Auto, int] = knob("auto", help="torch threads in each worker; auto: its CPUs")
+    wait_for_resources_s: float = knob(0.0, help="on an autoscaling cluster: ask the autoscaler for what `use_gpu: "
+                                                 "true` and the workers need (or any node with CPUs) and wait up to "
+                                                 "this long for it; 0: size from the live nodes at once")
 
     def problems(self) -> Iterator[tuple[str, str]]:
+        yield from check(self.wait_for_resources_s >= 0, "wait_for_resources_s",
+                         f"must be >= 0, got {self.wait_for_resources_s}")
         for name in ("num_workers", "threads_per_worker"):
             value = getattr(self, name)
             yield from check(value == "auto" or value >= 1, name, f"must be >= 1 or 'auto', got {value}")

@@ -18,9 +18,9 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
-from distdl import checkpoint, class_weights, data, early_stop, models, progress, runtime
+from distdl import capacity, checkpoint, class_weights, data, early_stop, models, progress, runtime
 from distdl.experiment import Watch
-from distdl.layout import Cluster, Layout, resolve, sized_from_live_nodes
+from distdl.layout import Layout, resolve, sized_from_live_nodes
 from distdl.logs import say
 from distdl.loop import StepHook, train_loop_per_worker
 from distdl.paths import filesystem
@@ -118,7 +118,8 @@ def run(spec: JobSpec, step_hook: Optional[StepHook] = None, callbacks: Sequence
     ``callbacks``: Ray Train callbacks of the run (a Tune trial's TuneReportCallback, distdl.tune)."""
     start = time.perf_counter()
     require_writable_storage(spec)
-    cluster = Cluster.current()
+    # The embedded Ray never gains a node: nothing to wait for.
+    cluster = capacity.wait_for(spec.scaling, 0.0 if runtime.is_embedded() else spec.scaling.wait_for_resources_s)
     layout = resolve(spec.scaling, cluster)
     say(f"[distdl] layout: {layout.describe()}")
     note = None if runtime.is_embedded() else sized_from_live_nodes(spec.scaling, cluster)

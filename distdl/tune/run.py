@@ -20,9 +20,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from distdl import runtime, train
+from distdl import capacity, runtime, train
 from distdl import spec as specmod
-from distdl.layout import Cluster
 from distdl.logs import say
 from distdl.tune import parent_run, results
 from distdl.tune.plan import Plan, fit
@@ -169,7 +168,8 @@ def sweep(sweep: Sweep) -> Outcome:
     """Run (or resume) the sweep on the connected Ray cluster; the table, tune.json and best/ at the end."""
     start = time.perf_counter()
     spec = sweep.spec
-    plan = fit(spec.scaling, Cluster.current(), sweep.trial_count(), sweep.tune.max_concurrent)
+    wait_s = 0.0 if runtime.is_embedded() else spec.scaling.wait_for_resources_s
+    plan = fit(spec.scaling, capacity.wait_for(spec.scaling, wait_s), sweep.trial_count(), sweep.tune.max_concurrent)
     specmod.parse(trial_raw(sweep.raw, {}, plan.scaling(), spec.run_dir, "trial", {}))  # e.g. batch_size vs workers
     say(f"[distdl] plan: {plan.describe()}")
     train.require_writable_storage(spec)

@@ -38,18 +38,23 @@ import torch
 import yaml
 from common import parse_args
 
-from distdl import importer, onnx_export
+from distdl import checkpoint, importer, models, onnx_export
 from distdl.collate import to_tensors
 from distdl.demo_data import TOPICS, sentence, write_digits
+from distdl.models.cnn import CNNConfig
 from distdl.predict import Predictor
+from distdl.preprocessors.image import ImagePreprocessor
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = {"epochs": 1, "rows": 64, "seconds": 0.5}
+SMOKE = {"epochs": 0, "rows": 64, "seconds": 0.5}  # 0 epochs: the digits CNN untrained, no Ray
 
 
 def train_digits(root: Path, epochs: int) -> tuple[str, Path]:
-    """(the trained demo CNN's best checkpoint, the holdout parquet)."""
+    """(the trained demo CNN's best checkpoint, the holdout parquet); 0 epochs (--smoke): the
+    demo's model untrained, saved here without Ray."""
     paths = write_digits(root / "digits")
+    if epochs == 0:
+        return untrained_digits(root / "untrained"), paths["holdout"]
     spec = {**yaml.safe_load((ROOT / "jobs" / "cnn_digits.yaml").read_text()), "storage": str(root / "runs"),
             "tracking": {"enabled": False}}
     spec["data"]["train"] = str(paths["train"])
@@ -61,6 +66,15 @@ def train_digits(root: Path, epochs: int) -> tuple[str, Path]:
     if done.returncode:
         sys.exit(f"distdl train failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return str(root / "runs" / spec["name"] / "best"), paths["holdout"]
+
+
+def untrained_digits(dest: Path) -> str:
+    """The demo's CNN (jobs/cnn_digits.yaml) freshly initialised, with a preprocessor for its 16x16
+    grey digits and 10 classes."""
+    spec = yaml.safe_load((ROOT / "jobs" / "cnn_digits.yaml").read_text())
+    pre = ImagePreprocessor("image", "label", 16, 1, [0.3], [0.3], list(range(10)))
+    cfg = models.complete_config("cnn", CNNConfig(arch=spec["model"]["arch"], width=spec["model"]["width"]), pre)
+    return checkpoint.save(str(dest), models.build_model("cnn", cfg), "cnn", cfg, pre, {}, {})
 
 
 def rate(run: Callable[[dict], np.ndarray], batches: list[dict], seconds: float) -> tuple[float, np.ndarray]:
@@ -113,7 +127,7 @@ def measure(name: str, path: str, values: list, tmp: Path, args: argparse.Namesp
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs of the digits CNN (the demo's 6)")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs of the digits CNN (the demo's 6; 0: untrained, no Ray)")
     parser.add_argument("--rows", type=int, default=2000, help="MiniLM rows (the digits holdout is what it is)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per setup")

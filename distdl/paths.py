@@ -1,6 +1,7 @@
 """Local paths and URIs (s3://, gs://, ...) through one pyarrow filesystem interface."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow.fs
@@ -8,6 +9,13 @@ import pyarrow.fs
 
 def is_uri(path: str) -> bool:
     return "://" in path
+
+
+def absolute(path: str, base: Path | None = None) -> str:
+    """``path`` made absolute against ``base`` (default: the working directory) without following
+    symbolic links: a run's ``best`` is a link swapped each time training improves it
+    (checkpoint.copy), and resolving it would pin one version, deleted when the next replaces it."""
+    return os.path.normpath(os.path.join(base or Path.cwd(), path))
 
 
 def filesystem(path: str) -> tuple[pyarrow.fs.FileSystem, str]:

@@ -17,7 +17,7 @@ import yaml
 from distdl import checkpoint, models, tasks
 from distdl.experiment_spec import EarlyStopSpec, TrackingSpec
 from distdl.inference_spec import ScoreSpec, ServeSpec
-from distdl.paths import exists, is_uri
+from distdl.paths import absolute, exists, is_uri
 from distdl.specbase import Auto, SpecError, check, from_dict, knob, to_dict, unknown_key
 from distdl.tune.settings import TuneSpec
 
@@ -292,7 +292,7 @@ def resolve_paths(raw: dict, base: Path) -> dict:
     for key, path in path_fields(raw).items():
         if not is_uri(path):
             section, _, name = key.rpartition(".")
-            (raw[section] if section else raw)[name] = str((base / path).resolve())
+            (raw[section] if section else raw)[name] = absolute(path, base)
     return raw
 
 

@@ -28,7 +28,7 @@ from requests.exceptions import RequestException
 import distdl
 from distdl import spec as specmod
 from distdl.logs import say
-from distdl.paths import is_uri
+from distdl.paths import absolute, is_uri
 
 # Never shipped: environments, VCS data, caches, run outputs and data sets (those belong on
 # storage every node sees). Ray also skips what .gitignore and .rayignore list; files that look
@@ -73,9 +73,9 @@ def spec_job(command: str, spec_path: str, overrides: list[str], working_dir: Pa
     pinned = []
     for key, path in specmod.path_fields(specmod.read_raw(spec_path, overrides)).items():
         if not is_uri(path) and not Path(path).is_absolute():
-            absolute = str((cwd / path).resolve())
+            pinned_path = absolute(path, cwd)
             # JSON quoting only where YAML would read the bare path as something else.
-            value = absolute if yaml.safe_load(absolute) == absolute else json.dumps(absolute)
+            value = pinned_path if yaml.safe_load(pinned_path) == pinned_path else json.dumps(pinned_path)
             pinned += ["--set", f"{key}={value}"]
     sets = [arg for item in overrides for arg in ("--set", item)]
     argv = [command, _inside(Path(spec_path), working_dir), *sets, *pinned, *extra]
@@ -98,7 +98,7 @@ def score_job(argv: list[str]) -> Job:
 
 
 def _absolute(path: str) -> str:
-    return path if is_uri(path) else str(Path(path).resolve())
+    return path if is_uri(path) else absolute(path)
 
 
 def _inside(spec_path: Path, working_dir: Path) -> str:

@@ -45,6 +45,13 @@ def test_a_tune_job_carries_its_search_and_a_bad_one_never_leaves_this_machine(s
     assert "--search name: cannot be searched" in capsys.readouterr().err
 
 
+def test_a_score_job_keeps_a_runs_best_link_as_written_so_it_follows_the_newest_best(spec_dir):
+    (spec_dir / "runs" / "x" / ".best-1").mkdir(parents=True)
+    (spec_dir / "runs" / "x" / "best").symlink_to(".best-1")  # as checkpoint.copy leaves it
+    job = submit.score_job(["--checkpoint", "runs/x/best", "--input", "in.parquet", "--output", "out"])
+    assert job.argv[job.argv.index("--checkpoint") + 1] == str(spec_dir / "runs" / "x" / "best")
+
+
 def test_a_train_job_pins_relative_paths_to_where_this_shell_sees_them(spec_dir):
     job = submit.spec_job("train", "jobs/x.yaml", ["train.epochs=2"], spec_dir, ["--fresh"])
     assert job.argv == ["train", "jobs/x.yaml", "--set", "train.epochs=2",

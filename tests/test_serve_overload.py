@@ -1,6 +1,7 @@
 """Overload sheds load instead of queueing without end, against one real Serve app: a model
 whose queue is full answers 503 with Retry-After, one that does not answer in its
 request_timeout_s answers 504, and the ingress holds a bounded amount of request bodies.
+Ray's metrics endpoint then counts each model's requests, refusals and forward passes.
 
 The unit tests at the end drive the ingress's body budget (an ASGI middleware) directly."""
 from __future__ import annotations
@@ -11,12 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
-from serve_app import App, free_port
+from serve_app import App, free_port, wait_for
 from test_hardening_inputs import chars_checkpoint, image_checkpoint
 
 from distdl import serve as distdl_serve
-from distdl.serve import overload
+from distdl.serve import metrics, overload
 from distdl.serve.app import load_models
 from distdl.spec import ServeSpec
 from distdl.specbase import from_dict
@@ -69,6 +71,67 @@ def test_a_model_that_does_not_answer_in_time_gets_a_504_with_the_reason(app):
     assert answer.json() == {"detail": "model 'hurried' did not answer within 0.001 s (its serve.request_timeout_s)"}
     models = requests.get(f"{app.url}/models").json()["models"]
     assert {m["name"]: m["limits"]["request_timeout_s"] for m in models} == {"queued": 60.0, "hurried": 0.001}
+
+
+def scrape() -> list[tuple[str, dict[str, str], float]]:
+    """Every sample on the metrics export port of the session's Ray (one node), as Prometheus reads it."""
+    url = metrics.export_url()
+    assert url, "the session's Ray exports no metrics"
+    text = requests.get(url, timeout=10).text
+    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def total(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    """The sum of the samples named ``name`` with these ``labels``, over every replica. As in Prometheus,
+    a label that is absent is empty."""
+    return sum(value for n, have, value in samples
+               if n == name and all(have.get(k, "") == v for k, v in labels.items()))
+
+
+def test_the_metrics_endpoint_counts_each_models_requests_refusals_and_forward_passes(app):
+    """Only this module serves "hurried" and "queued", and only this test sends them 415s: those
+    counts are exact. Unknown models, model "", are counted from before the test's requests:
+    the serving tests of other modules send some too, and Ray's agent keeps their counts."""
+    not_found = {"name": "ray_distdl_serve_rejected_requests_total", "model": "", "reason": "not_found"}
+    not_found_before = total(scrape(), **not_found)
+    answered = requests.post(app.route("queued", "generate-text"), json={"prompts": ["the cat", "a dog", "the sun"]},
+                             timeout=120)
+    assert answered.status_code == 200, answered.text
+    for _ in range(2):
+        assert requests.post(app.route("hurried"), data=b"x", headers={"Content-Type": "text/plain"}).status_code == 415
+    assert requests.post(app.route("nope"), json={"images": [[[0] * 8] * 8]}).status_code == 404
+    assert requests.post(app.route("hurried"), json={"images": [[[0] * 8] * 8]}, timeout=60).status_code == 504
+    image_route, text_route = "/models/{name}/classify-image", "/models/{name}/generate-text"
+    samples: list = []
+
+    def exported() -> bool:  # Ray's processes report to the metrics agent every 10 s (metrics_report_interval_ms)
+        samples[:] = scrape()
+        return (total(samples, "ray_distdl_serve_requests_total", model="hurried", status="415") >= 2
+                and total(samples, **not_found) > not_found_before
+                and total(samples, "ray_distdl_serve_rejected_requests_total", model="hurried", reason="timeout") >= 1
+                and total(samples, "ray_distdl_serve_batch_rows_count", model="queued") >= 3)
+
+    wait_for(exported, 60, "the ingress's and the replicas' metrics on the metrics export port")
+    assert total(samples, "ray_distdl_serve_requests_total", model="hurried", route=image_route, status="415") == 2
+    assert total(samples, "ray_distdl_serve_rejected_requests_total", model="hurried",
+                 reason="unsupported_media_type") == 2
+    # an unknown model gets no label value of its own: it counts as model "" on route "other"
+    assert total(samples, **not_found) == not_found_before + 1
+    assert total(samples, "ray_distdl_serve_requests_total", model="nope") == 0
+    assert total(samples, "ray_distdl_serve_requests_total", model="queued", route=text_route, status="200") >= 1
+    latency = total(samples, "ray_distdl_serve_request_seconds_count", model="queued", route=text_route)
+    assert latency == total(samples, "ray_distdl_serve_requests_total", model="queued", route=text_route)
+    # max_batch_size 1: three prompts are three forward passes of one row each, not one of three
+    passes = total(samples, "ray_distdl_serve_batch_rows_count", model="queued")
+    assert sum(value for name, labels, value in samples if name == "ray_distdl_serve_batch_rows_bucket"
+               and labels.get("model") == "queued" and float(labels["le"]) == 1) == passes
+    assert total(samples, "ray_distdl_serve_rows_total", model="queued") == passes
+    # every 503 of "queued" is a full queue (the flood test's, when it ran before)
+    assert (total(samples, "ray_distdl_serve_rejected_requests_total", model="queued", reason="queue_full")
+            == total(samples, "ray_distdl_serve_requests_total", model="queued", status="503"))
+    # the queue depth is Serve's own gauge, per model deployment
+    assert any(name == "ray_serve_deployment_queued_queries" and labels.get("deployment") == "model-queued"
+               for name, labels, _ in samples)
 
 
 def test_queue_and_timeout_are_checked_serve_settings():
@@ -138,3 +201,15 @@ def test_the_body_budget_sheds_a_request_whose_body_does_not_fit_and_frees_it_on
         assert (await call(budget, {b"content-length": b"51"}))[0] == 200
 
     asyncio.run(scenario())
+
+
+def test_a_request_shed_by_the_body_budget_is_counted_as_such():
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-length", b"101")]}
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(overload.BodyBudget(Held(), budget=100, largest=200)(scope, None, send))
+    assert sent[0]["status"] == 503
+    assert metrics.rejection(503, scope["state"][metrics.REJECTION]) == "body_budget"

@@ -5,6 +5,7 @@ Serve configs and KubeRay RayServices name; the rest is what the CLI, k8s and te
     api.py       the FastAPI ingress: probes, /models, one route per served task (ROUTES), auth, body cap
     model.py     the model deployment: Predictor + @serve.batch, one forward pass per option set
     overload.py  shedding load: full queues and the body budget answer 503 + Retry-After, timeouts 504
+    metrics.py   per-model Prometheus metrics through Ray's: requests, latency, refusals, rows per forward pass
     schema.py    ModelInfo, limits, error shapes, and the Route record each ROUTES entry is
     bodies.py    request bodies shared by the tasks: JSON, file uploads (octet-stream, multipart, base64)
     classify.py  the answer of every classification route (top-k)

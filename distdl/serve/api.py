@@ -30,8 +30,8 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from distdl.serve import audio, gan, image, overload, sequence, text
-from distdl.serve.schema import ERROR_RESPONSES, Health, ModelInfo, ModelList, Readiness, Route, problem
+from distdl.serve import audio, gan, image, metrics, overload, sequence, text
+from distdl.serve.schema import ERROR_RESPONSES, Health, ListParams, ModelInfo, ModelList, Readiness, Route, problem
 
 ROUTES: dict[str, Route] = {
     "image_classification": image.ROUTE,
@@ -129,9 +129,9 @@ def build_api(models: dict[str, ModelInfo], handles: dict[str, DeploymentHandle]
         body = Readiness(ready=all(s == "ready" for s in states), models=dict(zip(handles, states)))
         return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
-    async def list_models(detail: Annotated[bool, Query(description="also where each checkpoint is stored")] = False
-                          ) -> ModelList:
-        return ModelList(models=[m if detail else m.model_copy(update={"checkpoint": None}) for m in models.values()])
+    async def list_models(params: Annotated[ListParams, Query()]) -> ModelList:
+        return ModelList(models=[m if params.detail else m.model_copy(update={"checkpoint": None})
+                                 for m in models.values()])
 
     app.add_api_route("/healthz", healthz, methods=["GET"], summary="Liveness")
     app.add_api_route("/readyz", readyz, methods=["GET"], response_model=Readiness, summary="Readiness",
@@ -143,6 +143,8 @@ def build_api(models: dict[str, ModelInfo], handles: dict[str, DeploymentHandle]
         app.add_api_route(f"/models/{{name}}/{route.path}", _task_route(name, route, models, handles),
                           methods=["POST"], response_model=route.response, dependencies=auth, summary=route.summary,
                           openapi_extra={"requestBody": route.request_body}, responses=ERROR_RESPONSES)
+    # Outermost, so that it sees every answer: BodyLimit's and BodyBudget's refusals too.
+    app.add_middleware(metrics.RequestMetrics, labels=metrics.request_labels((r.path for r in app.routes), models))
     return app
 
 
@@ -170,7 +172,7 @@ def _task_route(task_name: str, route: Route, models: dict[str, ModelInfo], hand
             raise problem(404, f"model {name!r} does {info.task}, not {task_name}: POST {info.route}")
         parsed = await route.parse(request, info.limits)
         outputs = await overload.model_answer(name, handles[name].predict.remote(parsed.rows, parsed.options),
-                                              info.limits.request_timeout_s)
+                                              info.limits.request_timeout_s, request.scope)
         bad = [{"loc": [route.items, i], "msg": row["error"], "type": "bad_input"}
                for i, row in enumerate(outputs) if row["error"] is not None]
         if bad:

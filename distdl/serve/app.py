@@ -28,9 +28,9 @@ from ray.serve.schema import DeploymentStatus
 
 from distdl import checkpoint, logs, models
 from distdl.paths import is_uri
-from distdl.serve import overload
+from distdl.serve import metrics, overload
 from distdl.serve.api import ROUTES, SERVED, Ingress
-from distdl.serve.model import ModelServer
+from distdl.serve.model import DEPLOYMENT_PREFIX, ModelServer
 from distdl.serve.schema import Limits, ModelInfo
 from distdl.spec import ServeSpec
 from distdl.specbase import SpecError, from_dict
@@ -127,7 +127,7 @@ def _model_deployment(served: Served) -> Application:
         scaling = {"num_replicas": o.min_replicas}
     threads = max(1, round(o.cpus_per_replica)) if o.threads_per_replica == "auto" else o.threads_per_replica
     deployment = ModelServer.options(
-        name=f"model-{served.info.name}", max_ongoing_requests=o.max_ongoing_requests,
+        name=f"{DEPLOYMENT_PREFIX}{served.info.name}", max_ongoing_requests=o.max_ongoing_requests,
         max_queued_requests=o.max_queued_requests,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         ray_actor_options={"num_cpus": o.cpus_per_replica, "num_gpus": o.gpus_per_replica}, **scaling)
@@ -176,8 +176,8 @@ def _why_not_deployed() -> str | None:
     from distdl import runtime
 
     app = serve.status().applications.get(APP_NAME)
-    failed = [(name.removeprefix("model-"), d.message) for name, d in (app.deployments.items() if app else [])
-              if d.status == DeploymentStatus.DEPLOY_FAILED]
+    failed = [(name.removeprefix(DEPLOYMENT_PREFIX), d.message)
+              for name, d in (app.deployments.items() if app else []) if d.status == DeploymentStatus.DEPLOY_FAILED]
     return "; ".join(f"no replica of {name} could start: {runtime.cause_in(message)}" for name, message in failed) or None
 
 
@@ -224,6 +224,9 @@ def _serve_until_stopped(served: list[Served], api_key_env: Optional[str], host:
         logs.say(f"serving at {url}/ (API docs: {url}/docs; Ctrl-C stops):")
         for s in served:
             logs.say(f"  {s.info.name:<16} POST {url}{s.info.route}")
+        scrape = metrics.export_url()
+        if scrape:
+            logs.say(f"metrics for Prometheus (each Ray node serves its own): {scrape}")
         while not stop.wait(1.0):
             pass
     finally:

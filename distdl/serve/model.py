@@ -15,8 +15,10 @@ import numpy as np
 from ray import serve
 
 from distdl.predict import Predictor
+from distdl.serve import metrics
 
 INDEX = "index"  # each row's position in its request: Predictor errors name it
+DEPLOYMENT_PREFIX = "model-"  # each model's deployment is named model-NAME
 
 
 class Row(NamedTuple):
@@ -42,6 +44,8 @@ class ModelServer:
         # wait here while a forward pass runs and enter the batch queue together when it ends.
         self._forward_idle = asyncio.Event()
         self._forward_idle.set()
+        self.forward_metrics = metrics.ForwardMetrics(  # the model's name, as its metrics' label
+            serve.get_replica_context().deployment.removeprefix(DEPLOYMENT_PREFIX))
 
     async def predict(self, values: list[Any], options: dict[str, Any]) -> list[dict]:
         """One request's inputs -> one Predictor output row each (``error`` set for bad ones)."""
@@ -62,6 +66,7 @@ class ModelServer:
         self._forward_idle.clear()
         try:
             for options, members in groups.items():
+                self.forward_metrics.record(len(members))
                 # The forward pass blocks; in a thread it leaves the replica's event loop free to
                 # take the next requests (they gather at the gate meanwhile) and answer health checks.
                 answers = await asyncio.to_thread(self._forward, [rows[j] for j in members], dict(options))

@@ -19,24 +19,29 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentResponse
 
 from distdl.inference_spec import INGRESS_BODY_BYTES
+from distdl.serve.metrics import note_rejection
 
 RETRY_AFTER_S = 1  # a queue slot frees within a forward pass or two
 RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_S)}
 UNAVAILABLE = (RayActorError, DeploymentUnavailableError)  # includes ActorDiedError
 
 
-async def model_answer(name: str, response: DeploymentResponse, timeout_s: float) -> Any:
-    """What the model deployment answered to one handle call, or the HTTPException that says why not."""
+async def model_answer(name: str, response: DeploymentResponse, timeout_s: float, scope: dict) -> Any:
+    """What the model deployment answered to one handle call, or the HTTPException that says why
+    not (and its reason noted in the request's ASGI ``scope`` for the metrics)."""
     try:
         return await asyncio.wait_for(response, timeout_s)
     except TimeoutError:
+        note_rejection(scope, "timeout")
         response.cancel()  # waiting in its queue or computing: the model drops it
         raise HTTPException(504, f"model {name!r} did not answer within {timeout_s:g} s (its serve.request_timeout_s)"
                             ) from None
     except BackPressureError:  # Serve's router in this process found the model's queue full
+        note_rejection(scope, "queue_full")
         raise HTTPException(503, f"model {name!r} is at capacity: its queue of waiting requests is full; retry",
                             headers=RETRY_AFTER) from None
     except UNAVAILABLE:
+        note_rejection(scope, "no_replica")
         raise HTTPException(503, f"model {name!r} has no live replica right now; retry", headers=RETRY_AFTER) from None
 
 
@@ -65,6 +70,7 @@ class BodyBudget:
             return await self.app(scope, receive, send)
         size = body_size(scope["headers"], self.largest)
         if size and self.held + size > self.budget:
+            note_rejection(scope, "body_budget")
             response = JSONResponse({"detail": f"the server holds its most request bodies now ({self.budget} bytes "
                                                f"in all); retry"}, status_code=503, headers=RETRY_AFTER)
             return await response(scope, receive, send)

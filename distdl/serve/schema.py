@@ -73,6 +73,11 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ListParams(NoParams):
+    """GET /models's query parameters (unknown ones are refused, as on every route)."""
+    detail: bool = Field(False, description="also where each checkpoint is stored")
+
+
 class Parsed(NamedTuple):
     """One request as the model replica takes it: its rows, and the task options it sets
     (e.g. a language model's temperature); requests with equal options share forward passes."""

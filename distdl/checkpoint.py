@@ -217,10 +217,14 @@ def _require_complete(path: str) -> None:
 def load_model(path: str) -> tuple[nn.Module, Any, dict]:
     """(model in eval mode on CPU, preprocessor, model.json) from a checkpoint folder."""
     meta = load_meta(path)
-    cfg = models.config_from_args(meta["family"], meta["args"])
-    model = models.build_model(meta["family"], cfg)
+    return load_module(path, meta), load_preprocessor(path), meta
+
+
+def load_module(path: str, meta: dict) -> nn.Module:
+    """The checkpoint's model in eval mode on CPU, built from its model.json ``meta`` (already read)."""
+    model = models.build_model(meta["family"], models.config_from_args(meta["family"], meta["args"]))
     model.load_state_dict(_read_tensors(path, "model.safetensors"))
-    return model.eval(), load_preprocessor(path), meta
+    return model.eval()
 
 
 def load_meta(path: str) -> dict:

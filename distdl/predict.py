@@ -130,7 +130,7 @@ class Predictor:
             return OnnxModel(onnx_model or build(checkpoint_path)[0], meta, threads, self.device)
         if backend != "torch":
             raise ValueError(f"backend: one of torch, onnx; got {backend!r}")
-        model = checkpoint.load_model(checkpoint_path)[0]
+        model = checkpoint.load_module(checkpoint_path, meta)  # meta and preprocessor are read already
         faster = models.FAMILIES[self.family].for_inference
         return (faster(model) if faster else model).to(self.device)
 

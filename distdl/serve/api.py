@@ -93,13 +93,13 @@ class Ingress:
     def __init__(self, handles: dict[str, DeploymentHandle], models: list[dict], api_key_env: Optional[str]):
         self.handles = handles
         self.models = {m["name"]: ModelInfo(**m) for m in models}
-        self.api_key = _api_key(api_key_env)
+        self.api_key = read_api_key(api_key_env)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self.models, self.handles, self.api_key)
 
 
-def _api_key(env: Optional[str]) -> Optional[str]:
+def read_api_key(env: Optional[str]) -> Optional[str]:
     if env is None:
         return None
     key = os.environ.get(env)

@@ -1,7 +1,8 @@
 """distdl serve: checkpoints -> one Ray Serve application, run here or written as a Serve config.
 
 The application is a FastAPI ingress (api.Ingress) in front of one deployment per checkpoint
-(model.ModelServer, autoscaled). ``build_app`` is its application builder, so a Serve
+(model.ModelServer, autoscaled); one checkpoint alone is served in one hop, its deployment
+being the ingress too (one_hop.ModelIngress). ``build_app`` is its application builder, so a Serve
 config (``serve deploy``, ``serve run``, a KubeRay RayService) names it as
 
     import_path: distdl.serve:build_app
@@ -31,6 +32,7 @@ from distdl.paths import is_uri
 from distdl.serve import metrics, overload
 from distdl.serve.api import ROUTES, SERVED, Ingress
 from distdl.serve.model import DEPLOYMENT_PREFIX, ModelServer
+from distdl.serve.one_hop import ModelIngress
 from distdl.serve.schema import Limits, ModelInfo
 from distdl.spec import ServeSpec
 from distdl.specbase import SpecError, from_dict
@@ -107,33 +109,62 @@ def build_app(args: dict[str, Any]) -> Application:
 
 
 def application(served: list[Served], api_key_env: Optional[str]) -> Application:
+    """One model: one deployment that is both the ingress and the model (one_hop). Several: a
+    FastAPI ingress in front of one autoscaled deployment per model."""
+    if len(served) == 1:
+        return _one_hop(served[0], api_key_env)
     handles = {s.info.name: _model_deployment(s) for s in served}
     largest_body = max(s.options.max_body_bytes for s in served)
-    ingress = Ingress.options(name="ingress", max_ongoing_requests=INGRESS_MAX_ONGOING,
-                              max_queued_requests=overload.proxy_queue(largest_body, INGRESS_MAX_ONGOING),
-                              backpressure_config=BackpressureConfig(retry_after_s=overload.RETRY_AFTER_S),
-                              health_check_period_s=HEALTH_CHECK_PERIOD_S, ray_actor_options={"num_cpus": 0})
+    ingress = Ingress.options(name="ingress", ray_actor_options={"num_cpus": 0}, **_ingress_options(largest_body))
     return ingress.bind(handles, [s.info.model_dump() for s in served], api_key_env)
+
+
+def _ingress_options(largest_body: int) -> dict[str, Any]:
+    """What Serve's proxy may queue for the deployment that takes HTTP requests (bounded by the
+    request bodies it holds meanwhile) and what it answers when that is full."""
+    return {"max_ongoing_requests": INGRESS_MAX_ONGOING,
+            "max_queued_requests": overload.proxy_queue(largest_body, INGRESS_MAX_ONGOING),
+            "backpressure_config": BackpressureConfig(retry_after_s=overload.RETRY_AFTER_S),
+            "health_check_period_s": HEALTH_CHECK_PERIOD_S}
 
 
 def _model_deployment(served: Served) -> Application:
     o = served.options
-    if o.max_replicas > o.min_replicas:
-        scaling: dict[str, Any] = {"autoscaling_config": {
-            "min_replicas": o.min_replicas, "max_replicas": o.max_replicas,
-            "target_ongoing_requests": o.target_ongoing_requests, "upscale_delay_s": o.upscale_delay_s,
-            "downscale_delay_s": o.downscale_delay_s, "look_back_period_s": o.look_back_period_s}}
-    else:
-        scaling = {"num_replicas": o.min_replicas}
-    threads = max(1, round(o.cpus_per_replica)) if o.threads_per_replica == "auto" else o.threads_per_replica
     deployment = ModelServer.options(
         name=f"{DEPLOYMENT_PREFIX}{served.info.name}", max_ongoing_requests=o.max_ongoing_requests,
-        max_queued_requests=o.max_queued_requests,
-        health_check_period_s=HEALTH_CHECK_PERIOD_S,
-        ray_actor_options={"num_cpus": o.cpus_per_replica, "num_gpus": o.gpus_per_replica}, **scaling)
+        max_queued_requests=o.max_queued_requests, health_check_period_s=HEALTH_CHECK_PERIOD_S,
+        **_replicas(o))
+    return deployment.bind(*_model_args(served))
+
+
+def _one_hop(served: Served, api_key_env: Optional[str]) -> Application:
+    """The model's deployment (its name, replicas and resources) with the HTTP API in each replica:
+    the replica itself bounds its model calls by max_ongoing_requests and max_queued_requests."""
+    o = served.options
+    deployment = ModelIngress.options(name=f"{DEPLOYMENT_PREFIX}{served.info.name}",
+                                      **_ingress_options(o.max_body_bytes), **_replicas(o))
+    return deployment.bind(served.info.model_dump(), api_key_env, o.max_ongoing_requests, o.max_queued_requests,
+                           *_model_args(served))
+
+
+def _replicas(o: ServeSpec) -> dict[str, Any]:
+    """A model deployment's replica count or autoscaling, and each replica's resources."""
+    actor = {"ray_actor_options": {"num_cpus": o.cpus_per_replica, "num_gpus": o.gpus_per_replica}}
+    if o.max_replicas == o.min_replicas:
+        return {"num_replicas": o.min_replicas, **actor}
+    return {**actor, "autoscaling_config": {
+        "min_replicas": o.min_replicas, "max_replicas": o.max_replicas,
+        "target_ongoing_requests": o.target_ongoing_requests, "upscale_delay_s": o.upscale_delay_s,
+        "downscale_delay_s": o.downscale_delay_s, "look_back_period_s": o.look_back_period_s}}
+
+
+def _model_args(served: Served) -> tuple:
+    """model.ModelServer's arguments: checkpoint, predictor options, threads, device, batching, backend."""
+    o = served.options
+    threads = max(1, round(o.cpus_per_replica)) if o.threads_per_replica == "auto" else o.threads_per_replica
     options = ROUTES[served.info.task].predictor_options(served.info.limits)
-    return deployment.bind(served.info.checkpoint, options, threads, "cuda" if o.gpus_per_replica else "cpu",
-                           o.max_batch_size, o.batch_wait_timeout_s, o.backend)
+    return (served.info.checkpoint, options, threads, "cuda" if o.gpus_per_replica else "cpu", o.max_batch_size,
+            o.batch_wait_timeout_s, o.backend)
 
 
 def export_config(checkpoints: list[str], **options: Any) -> dict:

@@ -17,10 +17,10 @@ model "" and route "other", and a model name that is not served matches no route
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import ray
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 
 REJECTION = "distdl_rejection"  # key in the request's scope["state"]: why distdl refused it
 REASONS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
@@ -124,3 +124,12 @@ class ForwardMetrics:
     def record(self, rows: int) -> None:
         self.rows.inc(rows)
         self.batch_rows.observe(rows)
+
+
+def waiting_gauge(model: str) -> Callable[[int], None]:
+    """Sets the requests waiting inside a one-hop model replica for one of its
+    max_ongoing_requests slots: Serve's own queue gauge sees only what waits for a replica."""
+    gauge = Gauge("distdl_serve_waiting_requests", "requests waiting in a one-hop model replica for a free slot",
+                  tag_keys=("model",))
+    gauge.set_default_tags({"model": model})
+    return gauge.set

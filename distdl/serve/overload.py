@@ -10,7 +10,8 @@ says so at once, with a status a client can act on.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
@@ -36,13 +37,53 @@ async def model_answer(name: str, response: DeploymentResponse, timeout_s: float
         response.cancel()  # waiting in its queue or computing: the model drops it
         raise HTTPException(504, f"model {name!r} did not answer within {timeout_s:g} s (its serve.request_timeout_s)"
                             ) from None
-    except BackPressureError:  # Serve's router in this process found the model's queue full
+    except (BackPressureError, QueueFull):  # Serve's router here, or the one-hop replica, found the queue full
         note_rejection(scope, "queue_full")
         raise HTTPException(503, f"model {name!r} is at capacity: its queue of waiting requests is full; retry",
                             headers=RETRY_AFTER) from None
     except UNAVAILABLE:
         note_rejection(scope, "no_replica")
         raise HTTPException(503, f"model {name!r} has no live replica right now; retry", headers=RETRY_AFTER) from None
+
+
+class QueueFull(Exception):
+    """This replica already runs and holds as many model calls as the model's settings allow."""
+
+
+class Admission:
+    """At most ``ongoing`` model calls at once in this replica and ``queued`` more waiting for
+    one of them to end; a call beyond that raises QueueFull at once instead of waiting.
+    ``report_waiting`` is told the number waiting whenever it changes (a metrics gauge)."""
+
+    def __init__(self, ongoing: int, queued: int, report_waiting: Callable[[int], None]):
+        self.room, self.report_waiting = ongoing + queued, report_waiting
+        self.running = asyncio.Semaphore(ongoing)
+        self.held = self.waiting = 0  # one event loop runs every request: no lock needed
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self.held >= self.room:
+            raise QueueFull
+        self.held += 1
+        try:
+            await self._acquire()
+            try:
+                yield
+            finally:
+                self.running.release()
+        finally:
+            self.held -= 1
+
+    async def _acquire(self) -> None:
+        self._wait(+1)
+        try:
+            await self.running.acquire()
+        finally:
+            self._wait(-1)
+
+    def _wait(self, change: int) -> None:
+        self.waiting += change
+        self.report_waiting(self.waiting)
 
 
 def body_size(headers: list[tuple[bytes, bytes]], largest: int) -> int:

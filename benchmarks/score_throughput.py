@@ -12,7 +12,9 @@ nothing, so what is measured is everything around it, as on a GPU:
   (a') the same loop calling distdl's Predictor instead (the model in its family's inference
       form, variable-length rows in length-sorted runs): what the model form alone is worth;
   (b) ``distdl.score.score`` on an embedded local Ray with its default actor pool (with
-      fractional --gpus, one that fills the GPU from the start: ``--min-actors``).
+      fractional --gpus, one that fills the GPU from the start: ``--min-actors``);
+  (b, onnx) the same with ``--backend onnx``: ONNX Runtime runs the exported model in the
+      actors (with --backend onnx; the export, once per run, counts in its time).
 
 Each is timed from the checkpoint's path to the last row's prediction, so loading the model
 counts in all three, as it does for (b)'s actors (Ray itself is started before); only (b)
@@ -28,7 +30,8 @@ rows), and from these the input size from which (b) would be as fast as (a) over
     .venv/bin/python benchmarks/score_throughput.py --model minilm --rows 4000
     .venv/bin/python benchmarks/score_throughput.py --model tiny-cnn --rows 100000
     .venv/bin/python benchmarks/score_throughput.py --rows 100000 --gpus 1 --gpus 0.25
-    .venv/bin/python benchmarks/score_throughput.py --smoke      # every model on 100 rows
+    .venv/bin/python benchmarks/score_throughput.py --backend torch --backend onnx
+    .venv/bin/python benchmarks/score_throughput.py --smoke      # every model on 100 rows, both backends
 
 With ``--gpus G`` the loops run the model on the GPU and (b)'s actors take G GPUs each (one
 (b) run per value: 0.25 lets four actors decode rows for one GPU); the bound is then the
@@ -60,7 +63,7 @@ from distdl.preprocessors.image import ImagePreprocessor
 
 SIZE, CLASSES, BATCH = 32, 10, 256
 MATMUL_N = {"cpu": 2048, "cuda": 8192}  # large enough to reach the device's peak
-SMOKE = {"rows": 100}
+SMOKE = {"rows": 100, "backends": ["torch", "onnx"]}
 
 
 def write_images(root: Path, rows: int, cfg: CNNConfig) -> tuple[str, str]:
@@ -172,13 +175,14 @@ def rows_to_catch_up(startup: float, steady: float, plain: float) -> float | Non
     return startup * plain * steady / (steady - plain) if steady > plain else None
 
 
-def actor_pool(gpus: float) -> score.Resources:
+def actor_pool(gpus: float, backend: str) -> score.Resources:
     """(b)'s pool: the default, but with fractional GPUs one that starts full (--min-actors):
     Ray Data adds actors only as its queue grows, so a run could end with the one actor it
     started with."""
     if not gpus:
-        return score.Resources(batch_size=BATCH)
-    return score.Resources(batch_size=BATCH, gpus=gpus, min_actors=max(1, int(torch.cuda.device_count() / gpus)))
+        return score.Resources(batch_size=BATCH, backend=backend)
+    return score.Resources(batch_size=BATCH, gpus=gpus, min_actors=max(1, int(torch.cuda.device_count() / gpus)),
+                           backend=backend)
 
 
 def wait_until_released() -> None:
@@ -204,17 +208,19 @@ def main() -> None:
     parser.add_argument("--gpus", type=float, action="append",
                         help="GPUs per scoring actor, one (b) run per value (e.g. --gpus 1 --gpus 0.25); "
                              "the loops then run on cuda")
+    parser.add_argument("--backend", dest="backends", choices=("torch", "onnx"), action="append",
+                        help="(b)'s inference backend, one (b) run per value (default: torch)")
     args = parse_args(parser, SMOKE)
     gpus = args.gpus or [0.0]
     device = "cuda" if any(gpus) else "cpu"
     matmul = matmul_flops(device, 256 if args.smoke else MATMUL_N[device])
     for model in sorted(INPUTS) if args.smoke else [args.model]:
-        bench(model, args.rows, gpus, device, matmul)
+        bench(model, args.rows, gpus, args.backends or ["torch"], device, matmul)
 
 
-def bench(model: str, rows: int, gpus: list[float], device: str, matmul: float) -> None:
-    """(a), (a') and one (b) per value of ``gpus``, each result printed as it comes (a run of
-    millions of rows takes minutes)."""
+def bench(model: str, rows: int, gpus: list[float], backends: list[str], device: str, matmul: float) -> None:
+    """(a), (a') and one (b) per value of ``gpus`` and ``backends``, each result printed as it
+    comes (a run of millions of rows takes minutes)."""
     with tempfile.TemporaryDirectory(prefix="distdl-score-bench-") as tmp:
         ckpt, path = INPUTS[model](Path(tmp), rows)
         bound = matmul / flops_per_row(ckpt, path)  # rows/s if every FLOP ran at matmul speed
@@ -229,8 +235,8 @@ def bench(model: str, rows: int, gpus: list[float], device: str, matmul: float) 
         small = str(Path(tmp) / "first-fifth.parquet")  # (b) on a fifth of the rows too: its start-up
         first = next(pq.ParquetFile(path).iter_batches(batch_size=rows // 5))  # decodes only those rows
         pq.write_table(pa.Table.from_batches([first]), small, row_group_size=2048)
-        for per_actor in gpus:
-            pool = actor_pool(per_actor)
+        for per_actor, backend in ((g, b) for g in gpus for b in backends):
+            pool = actor_pool(per_actor, backend)
             # The full input first: the first run in a Ray session also starts Ray Data's own
             # actors, as every `distdl score` command does.
             runs = []
@@ -238,18 +244,19 @@ def bench(model: str, rows: int, gpus: list[float], device: str, matmul: float) 
                 wait_until_released()
                 runs.append(score.score(ckpt, given, str(Path(tmp) / "out"), pool, overwrite=True))
             full, fifth = runs
-            report(per_actor, full.rows_this_run / full.seconds, plain, in_process, bound,
+            report(per_actor, backend, full.rows_this_run / full.seconds, plain, in_process, bound,
                    *startup_and_rate(*((r.rows_this_run, r.seconds) for r in (fifth, full))))
     print(f"(a')/(a): {in_process / plain:.2f}\n", flush=True)
 
 
-def report(per_actor: float, rate: float, plain: float, in_process: float, bound: float, startup: float,
+def report(per_actor: float, backend: str, rate: float, plain: float, in_process: float, bound: float, startup: float,
            steady: float) -> None:
     """(b)'s lines: its rate overall, its ratios, and its start-up and rate once started."""
-    label = f"(b) distdl score{f', {per_actor:g} GPU per actor' if per_actor else ''}:"
-    print(f"{label:<22}{rate:,.0f} rows/s  ({rate / bound:.1%} of bound; includes Ray start-up "
+    setup = ", ".join(([f"{per_actor:g} GPU per actor"] if per_actor else []) + ([backend] if backend != "torch" else []))
+    b = f"(b{', ' + setup if setup else ''})"
+    print(f"{b + ' distdl score:':<22}{rate:,.0f} rows/s  ({rate / bound:.1%} of bound; includes Ray start-up "
           f"of actors and the manifest/identity hash)")
-    print(f"    ratio (b)/(a): {rate / plain:.3g}   (b)/(a'): {rate / in_process:.3g}")
+    print(f"    ratio {b}/(a): {rate / plain:.3g}   {b}/(a'): {rate / in_process:.3g}")
     catch_up = rows_to_catch_up(startup, steady, plain)
     print(f"    start-up {startup:.1f} s, then {steady:,.0f} rows/s (ratio to (a) once started: {steady / plain:.2f}; "
           + (f"(b) matches (a) from ~{catch_up:,.0f} rows)" if catch_up else "never as fast as (a))"), flush=True)

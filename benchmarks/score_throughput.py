@@ -215,10 +215,11 @@ def main() -> None:
     device = "cuda" if any(gpus) else "cpu"
     matmul = matmul_flops(device, 256 if args.smoke else MATMUL_N[device])
     for model in sorted(INPUTS) if args.smoke else [args.model]:
-        bench(model, args.rows, gpus, args.backends or ["torch"], device, matmul)
+        bench(model, args.rows, gpus, args.backends or ["torch"], device, matmul, args.smoke)
 
 
-def bench(model: str, rows: int, gpus: list[float], backends: list[str], device: str, matmul: float) -> None:
+def bench(model: str, rows: int, gpus: list[float], backends: list[str], device: str, matmul: float,
+          smoke: bool) -> None:
     """(a), (a') and one (b) per value of ``gpus`` and ``backends``, each result printed as it
     comes (a run of millions of rows takes minutes)."""
     with tempfile.TemporaryDirectory(prefix="distdl-score-bench-") as tmp:
@@ -240,23 +241,26 @@ def bench(model: str, rows: int, gpus: list[float], backends: list[str], device:
             # The full input first: the first run in a Ray session also starts Ray Data's own
             # actors, as every `distdl score` command does.
             runs = []
-            for given in (path, small):
+            for given in (path, small)[:1 if smoke else 2]:  # a fifth of a smoke's rows tells nothing
                 wait_until_released()
                 runs.append(score.score(ckpt, given, str(Path(tmp) / "out"), pool, overwrite=True))
-            full, fifth = runs
-            report(per_actor, backend, full.rows_this_run / full.seconds, plain, in_process, bound,
-                   *startup_and_rate(*((r.rows_this_run, r.seconds) for r in (fifth, full))))
+            full = runs[0]
+            startup = startup_and_rate(*((r.rows_this_run, r.seconds) for r in runs[::-1])) if len(runs) == 2 else None
+            report(per_actor, backend, full.rows_this_run / full.seconds, plain, in_process, bound, startup)
     print(f"(a')/(a): {in_process / plain:.2f}\n", flush=True)
 
 
-def report(per_actor: float, backend: str, rate: float, plain: float, in_process: float, bound: float, startup: float,
-           steady: float) -> None:
-    """(b)'s lines: its rate overall, its ratios, and its start-up and rate once started."""
+def report(per_actor: float, backend: str, rate: float, plain: float, in_process: float, bound: float,
+           startup: tuple[float, float] | None) -> None:
+    """(b)'s lines: its rate overall, its ratios, and (``startup``) its start-up and rate once started."""
     setup = ", ".join(([f"{per_actor:g} GPU per actor"] if per_actor else []) + ([backend] if backend != "torch" else []))
     b = f"(b{', ' + setup if setup else ''})"
     print(f"{b + ' distdl score:':<22}{rate:,.0f} rows/s  ({rate / bound:.1%} of bound; includes Ray start-up "
           f"of actors and the manifest/identity hash)")
     print(f"    ratio {b}/(a): {rate / plain:.3g}   {b}/(a'): {rate / in_process:.3g}")
+    if startup is None:
+        return
+    startup, steady = startup
     catch_up = rows_to_catch_up(startup, steady, plain)
     print(f"    start-up {startup:.1f} s, then {steady:,.0f} rows/s (ratio to (a) once started: {steady / plain:.2f}; "
           + (f"(b) matches (a) from ~{catch_up:,.0f} rows)" if catch_up else "never as fast as (a))"), flush=True)

@@ -13,10 +13,14 @@ RAY_FIXTURES = {"ray_session", "ray_cluster"}
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that needs a Ray (directly or through another fixture) is end to end: `make
-    test-fast` (-m "not e2e") skips it without each test having to say so."""
+    test-fast` (-m "not e2e") skips it without each test having to say so.
+
+    The tests on the two-raylet cluster run last, in their order: the cluster, once started,
+    lives to the end of the session, and idle it still takes a few percent of 2 cores."""
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+    items.sort(key=lambda item: "ray_cluster" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(scope="session", autouse=True)

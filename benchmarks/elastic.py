@@ -1,38 +1,44 @@
 """Elastic training: how fast a group grows when a node joins, and what a node leaving costs.
 
-A real Ray cluster of raylets on this machine (tests/ray_cluster.LocalCluster, token auth: a
-head of 3 CPUs and a node of 2), the digits demo with a small CNN, ``scaling.num_workers:
-{min: 1, max: 2}`` with 2 CPUs a worker (one fits on each raylet), ``resize_check_s: 1``, and
-the same global batch (64) whatever the group's size:
+A real Ray cluster of raylets on this machine (tests/ray_cluster.LocalCluster, token auth): a
+head of 3 CPUs, and raylets of 2 CPUs that join and leave. The digits demo with a small CNN,
+``scaling.num_workers: {min: 1, max: 2}`` with 2 CPUs a worker (one fits on each raylet),
+``resize_check_s: 1``, and the same global batch (64) whatever the group's size. Both runs
+start on the head alone (one worker), and a second raylet joins after the first epoch:
 
-  (a) the run on both raylets, nothing joins or leaves;
-  (b) the same run, its second raylet killed (SIGKILL, as a machine dies) when half of the
-      epochs are done: the group restarts on the head alone from the newest checkpoint;
-  (c) a run that starts on the head alone; after its first epoch a raylet joins. Printed: the
-      seconds from the raylet being up to the new worker's first step (a step hook on rank 1).
+  (a) nothing else happens: the group grows to two workers and finishes;
+  (b) the same, and the joined raylet is killed (SIGKILL, as a machine dies) once half of the
+      epochs are done: the group restarts on the head alone from the newest checkpoint.
 
-Printed: each run's wall time and samples/s, the ratio (b)/(a) of wall times and (b) - (a),
-the training time a departure costs (the partial epoch redone, the restart, and the epochs
-after it on one worker).
+Printed: each run's wall time and samples/s; for each join, the seconds from the raylet being
+up to the new worker's first step (a step hook on rank 1; until then rank 0 waits in epoch 2,
+so a short run cannot end first); the ratio (b)/(a) of wall times, and (b) - (a): the training
+time a departure costs (the partial epoch redone, the restart, the epochs after it on one worker).
 
 Run from the repository root, on an otherwise idle machine:
 
     .venv/bin/python benchmarks/elastic.py            # 8 epochs a run
-    .venv/bin/python benchmarks/elastic.py --smoke    # 2 epochs a run
+    .venv/bin/python benchmarks/elastic.py --smoke    # 3 epochs a run
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import os
+import secrets
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
-import pyarrow.parquet as pq
-from common import parse_args
+# Ray reads its auth mode when it is imported: this driver joins a cluster with a token of its own.
+TOKEN = secrets.token_hex(32)
+os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN)
+
+import pyarrow.parquet as pq  # noqa: E402
+from common import parse_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the test suite's real local cluster
@@ -44,7 +50,7 @@ from distdl.demo_data import write_digits  # noqa: E402
 from distdl.spec import JobSpec, parse  # noqa: E402
 
 VAL_FRACTION = 0.2
-SMOKE = {"epochs": 2}
+SMOKE = {"epochs": 3}  # a join after epoch 1, a departure after epoch 2
 
 
 def spec(root: Path, digits: Path, name: str, epochs: int) -> JobSpec:
@@ -58,10 +64,10 @@ def spec(root: Path, digits: Path, name: str, epochs: int) -> JobSpec:
     })
 
 
-def when_epoch(run_dir: str, epoch: int, action) -> threading.Thread:
-    """Call ``action`` once the run's metrics.jsonl holds ``epoch`` (the next epoch has begun)."""
+def when_epoch(run_dir: str, epoch: int, action: Callable[[], None]) -> threading.Thread:
+    """Call ``action`` once the run's newest complete checkpoint is ``epoch``'s or later."""
     def watch() -> None:
-        while not any(row["epoch"] >= epoch for row in checkpoint.read_metrics(run_dir)):
+        while not any(path >= checkpoint.epoch_dir(run_dir, epoch) for path in checkpoint.list_checkpoints(run_dir)):
             time.sleep(0.1)
         action()
     thread = threading.Thread(target=watch, daemon=True)
@@ -71,22 +77,25 @@ def when_epoch(run_dir: str, epoch: int, action) -> threading.Thread:
 
 def first_step_of_rank_1(marker: str, rank: int, epoch: int, step: int) -> None:
     """A step hook (runs in every worker): the time of rank 1's first step, into ``marker``.
-    Until then rank 0 takes its steps slowly, so the run cannot end before the join is seen."""
-    if os.path.exists(marker):
-        return
-    if rank == 1:
+    Until then rank 0 waits at its first step of epoch 2: the run cannot end before the join."""
+    if rank == 1 and not os.path.exists(marker):
         Path(marker).write_text(str(time.time()))
-    else:
+    while rank == 0 and epoch >= 2 and not os.path.exists(marker):
         time.sleep(0.05)
 
 
-def timed(run_spec: JobSpec, rows: int, label: str, **kwargs) -> float:
+def run(cluster: LocalCluster, root: Path, digits: Path, rows: int, name: str, epochs: int,
+        leave_after: int = 0) -> tuple[float, float]:
+    """(wall seconds, seconds from a raylet joining after epoch 1 to its worker's first step) of
+    one run; ``leave_after``: kill that raylet once this epoch is checkpointed."""
+    job, marker, joined = spec(root, digits, name, epochs), root / f"{name}-first-step", []
+    when_epoch(job.run_dir, 1, lambda: (cluster.add_node(name, cpus=2), joined.append(time.time())))
+    if leave_after:
+        when_epoch(job.run_dir, leave_after, lambda: cluster.kill_node(name))
     started = time.perf_counter()
-    train.run(run_spec, **kwargs)
+    train.run(job, step_hook=functools.partial(first_step_of_rank_1, str(marker)))
     wall = time.perf_counter() - started
-    print(f"{label}: {run_spec.train.epochs} epochs in {wall:.1f}s, "
-          f"{run_spec.train.epochs * rows / wall:.0f} samples/s", flush=True)
-    return wall
+    return wall, float(marker.read_text()) - joined[0]
 
 
 def main() -> None:
@@ -99,25 +108,22 @@ def main() -> None:
         rows = round(pq.ParquetFile(digits).metadata.num_rows * (1 - VAL_FRACTION))
         (root / "logs").mkdir()
         cluster = LocalCluster(root / "logs", head_cpus=3, node_cpus=2)
+        cluster.token = TOKEN
+        os.environ[runtime.TRAIN_POLL_INTERVAL] = cluster.env[runtime.TRAIN_POLL_INTERVAL]
         try:
-            cluster.start()
-            os.environ.update({key: cluster.env[key] for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
-                                                                 runtime.TRAIN_POLL_INTERVAL)})
-            runtime.connect(f"127.0.0.1:{cluster.gcs_port}")  # a driver on the head's raylet
-            a = timed(spec(root, digits, "a", args.epochs), rows, "(a) 2 raylets, none leaves")
-            b_spec = spec(root, digits, "b", args.epochs)
-            when_epoch(b_spec.run_dir, max(1, args.epochs // 2), lambda: cluster.kill_node("node"))
-            b = timed(b_spec, rows, "(b) 2 raylets, one killed halfway")
-            c_spec, marker = spec(root, digits, "c", args.epochs), root / "first-step"
-            joined: list[float] = []
-            when_epoch(c_spec.run_dir, 1, lambda: (cluster.add_node("joiner", cpus=2), joined.append(time.time())))
-            timed(c_spec, rows, "(c) the head alone, a raylet joins after epoch 1",
-                  step_hook=functools.partial(first_step_of_rank_1, str(marker)))
+            cluster.start_alone()
+            with runtime.session(f"127.0.0.1:{cluster.gcs_port}"):  # a driver on the head's raylet
+                # (b) first: its raylet leaves, so (a) starts on the head alone too
+                results = {"b": run(cluster, root, digits, rows, "b", args.epochs, max(2, args.epochs // 2)),
+                           "a": run(cluster, root, digits, rows, "a", args.epochs)}
         finally:
             cluster.stop()
-        print(f"(c) a raylet joined: its worker's first step {float(marker.read_text()) - joined[0]:.1f}s after "
-              "the raylet was up")
-        print(f"(b)/(a) = {b / a:.2f}  (wall time; a departure cost {b - a:.1f}s)")
+    for label, what in (("a", "a raylet joins after epoch 1"), ("b", "... and leaves halfway")):
+        wall, join_s = results[label]
+        print(f"({label}) {what}: {args.epochs} epochs in {wall:.1f}s, {args.epochs * rows / wall:.0f} samples/s; "
+              f"the joined worker's first step {join_s:.1f}s after its raylet was up")
+    (a, _), (b, _) = results["a"], results["b"]
+    print(f"(b)/(a) = {b / a:.2f}  (wall time; the departure cost {b - a:.1f}s)")
 
 
 if __name__ == "__main__":

@@ -25,13 +25,14 @@ POLL_S = 2.0
 
 def wanted(scaling: ScalingSpec) -> list[dict[str, float]]:
     """The resource bundles the spec asks for explicitly: a GPU worker's GPUs (and CPUs when
-    set) for each worker, or one CPU somewhere when it trains on CPUs. ``auto`` fields ask for
-    nothing more: they are sized from what is there."""
+    set) for each worker (an elastic range's ``min``: training starts with those, and Ray Train
+    asks for the rest up to ``max`` itself), or one CPU somewhere when it trains on CPUs.
+    ``auto`` fields ask for nothing more: they are sized from what is there."""
     if scaling.use_gpu is True:
         bundle = {"GPU": scaling.gpus_per_worker}
         if scaling.cpus_per_worker != "auto":
             bundle["CPU"] = scaling.cpus_per_worker
-        return [dict(bundle) for _ in range(1 if scaling.num_workers == "auto" else scaling.num_workers)]
+        return [dict(bundle) for _ in range(1 if scaling.min_workers == "auto" else scaling.min_workers)]
     return [{"CPU": 1.0}]
 
 

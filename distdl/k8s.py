@@ -234,12 +234,14 @@ def _rayjob(name: str, entrypoint: list[str], shape: Shape, gang: Gang, config_m
 
 
 def _train_nodes(scaling: specmod.ScalingSpec, gpus: int) -> int:
-    """Worker pods for the spec's workers: by GPUs, else one worker per pod (the `auto` CPU layout)."""
-    if scaling.num_workers == "auto":
+    """Worker pods for the spec's workers (an elastic range's min: the autoscaler adds the rest):
+    by GPUs, else one worker per pod (the `auto` CPU layout)."""
+    workers = scaling.min_workers
+    if workers == "auto":
         return 1
     if gpus:
-        return math.ceil(scaling.num_workers * scaling.gpus_per_worker / gpus)
-    return scaling.num_workers
+        return math.ceil(workers * scaling.gpus_per_worker / gpus)
+    return workers
 
 
 def train_job(spec_path: str, overrides: list[str], shape: Shape, command: Sequence[str] = ("train",),

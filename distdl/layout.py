@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional, Union
 
 import ray
 
@@ -55,16 +56,23 @@ class Cluster:
 
 @dataclass(frozen=True)
 class Layout:
-    num_workers: int
+    num_workers: int  # the workers it starts with (an elastic range's min)
     use_gpu: bool
     cpus_per_worker: float
     gpus_per_worker: float
     threads_per_worker: int
-    data_cpus: float  # CPUs Train leaves unreserved, Ray Data's budget
+    data_cpus: float  # CPUs Train leaves unreserved with num_workers, Ray Data's budget
+    max_workers: Optional[int] = None  # elastic: Ray Train grows the group up to it; None: a fixed group
+
+    @property
+    def ray_num_workers(self) -> Union[int, tuple[int, int]]:
+        """ScalingConfig(num_workers=...): a (min, max) tuple turns on Ray Train's elastic group."""
+        return self.num_workers if self.max_workers is None else (self.num_workers, self.max_workers)
 
     def describe(self) -> str:
         device = f"{self.gpus_per_worker:g} GPU + " if self.use_gpu else ""
-        return (f"{self.num_workers} worker(s) x ({device}{self.cpus_per_worker:g} CPU, "
+        workers = str(self.num_workers) if self.max_workers is None else f"{self.num_workers}..{self.max_workers}"
+        return (f"{workers} worker(s) x ({device}{self.cpus_per_worker:g} CPU, "
                 f"{self.threads_per_worker} torch threads); {self.data_cpus:g} CPU left for Ray Data")
 
 
@@ -80,8 +88,8 @@ def resolve(scaling: ScalingSpec, cluster: Cluster) -> Layout:
     if use_gpu and cluster.total_gpus == 0:
         raise LayoutError("scaling.use_gpu is true but the cluster has no GPUs")
     gpus = scaling.gpus_per_worker if use_gpu else 0.0
-    if scaling.num_workers != "auto":
-        workers = scaling.num_workers
+    if scaling.min_workers != "auto":  # a range is sized for its min: what must fit now
+        workers = scaling.min_workers
     elif use_gpu:
         workers = max(1, int(cluster.total_gpus // gpus))
     else:
@@ -104,7 +112,8 @@ def resolve(scaling: ScalingSpec, cluster: Cluster) -> Layout:
         raise LayoutError(
             f"scaling: {workers} worker(s) x {cpus:g} CPU reserve all {cluster.total_cpus:g} CPUs of the cluster; "
             "Ray Data would get none and ingest would stall. Lower scaling.cpus_per_worker or scaling.num_workers")
-    return Layout(workers, use_gpu, cpus, gpus, threads, data_cpus)
+    return Layout(workers, use_gpu, cpus, gpus, threads, data_cpus,
+                  max_workers=scaling.num_workers.max if scaling.elastic else None)
 
 
 def sized_from_live_nodes(scaling: ScalingSpec, cluster: Cluster) -> str | None:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import ray.train
 import ray.train.torch
 
-from distdl import checkpoint, early_stop, models, preprocessors, tasks
+from distdl import checkpoint, early_stop, elastic, models, preprocessors, tasks
 from distdl.collate import Collate
 from distdl.tasks.base import Optimizers, Task
 
@@ -116,6 +116,7 @@ class Step:
     rank: int
     world: int
     index: int = 0  # step within the epoch
+    loss_weight: float = 1.0  # elastic.Share's: this rank's part of the global-batch mean
 
     def autocast(self):
         return _autocast(self.device, self.train["precision"])
@@ -123,7 +124,7 @@ class Step:
     def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """Zero, backward (scaled for fp16), clip to train.grad_clip, and step ``optimizer``."""
         optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss * self.loss_weight).backward()
         if self.train["grad_clip"]:
             self.scaler.unscale_(optimizer)
             params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -131,19 +132,31 @@ class Step:
         self.scaler.step(optimizer)
 
 
+def _every_rank_has(rows: int, batch: Optional[dict], device: torch.device) -> bool:
+    """Whether every rank holds a full batch (``rows`` rows, its share) for the next step."""
+    full = batch is not None and len(next(iter(batch.values()))) == rows
+    return _all_reduce([float(full)], device)[0] == _world()
+
+
 def train_epoch(task: Task, model, optimizers: Optimizers, scaler, batches, device, train: dict, epoch: int,
-                rank: int, hook: Optional[StepHook]) -> dict[str, float]:
+                rank: int, hook: Optional[StepHook], share: Optional[elastic.Share] = None) -> dict[str, float]:
     """One pass over this worker's shard; returns group-wide means of the task's
-    ``step_sums`` (train_<name>) and timing."""
+    ``step_sums`` (train_<name>) and timing. An uneven ``share`` (an elastic group whose size
+    does not divide the batch) steps only while every rank has a full batch, so the ranks of
+    equal shards, taking different rows per step, still take the same steps (DDP would hang)."""
     model.train()
     names = task.step_sums
     sums, seen, wait, start = dict.fromkeys(names, 0.0), 0, 0.0, time.perf_counter()
-    step = Step(device, train, scaler, epoch, rank, _world())
+    step = Step(device, train, scaler, epoch, rank, _world(), loss_weight=share.loss_weight if share else 1.0)
     iterator = iter(batches)
     while True:
         t0 = time.perf_counter()
         batch = next(iterator, None)
         wait += time.perf_counter() - t0
+        if share and not share.even and not _every_rank_has(share.rows, batch, device):
+            for _ in iterator:  # the rest of this epoch's shard: too few rows for a full global batch
+                pass
+            break
         if batch is None:
             break
         if hook:
@@ -161,6 +174,8 @@ def train_epoch(task: Task, model, optimizers: Optimizers, scaler, batches, devi
         "samples_per_s": total_seen / max(total_time / step.world, 1e-9),
         "ingest_wait_share": total_wait / max(total_time, 1e-9),
         "train_samples": int(total_seen),
+        "train_steps": step.index,  # the same on every rank
+        "workers": step.world,
     }
 
 
@@ -196,6 +211,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _quiet_report_log()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    share = elastic.share(train["batch_size"], world, rank)
     device = ray.train.torch.get_device()
     if rank == 0:  # which device and collective backend the run really got (nccl on GPUs, gloo on CPUs)
         say(f"{world} worker(s) on {device.type}, precision {train['precision']}, process group "
@@ -213,15 +229,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.load_state_dict(checkpoint.load_weights(resume_from))
         state, optimizer_states = checkpoint.load_train_state(resume_from)
         if rank == 0:
-            say(f"resuming from {resume_from} (epoch {state['epoch']} done)")
+            say(elastic.resized(state.get("world"), world, resume_from)
+                or f"resuming from {resume_from} (epoch {state['epoch']} done)")
     else:
         models.init_weights(family, model, model_cfg)  # e.g. a pretrained folder's weights
     trained, optimizers = _prepare(task, model, train)
     for name, saved in (optimizer_states or {}).items():
         optimizers[name].load_state_dict(saved)
     scaler = torch.amp.GradScaler(device.type, enabled=train["precision"] == "fp16")
+    state["world"] = world  # checkpointed: a group restarted at another size says so
 
-    per_worker = train["batch_size"] // world
+    per_worker = share.rows
     shuffle = 4 * per_worker if train["shuffle"] else None
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     collate = Collate()  # pads variable-length columns per batch
@@ -241,7 +259,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 group["lr"] = lr
         metrics = {"epoch": epoch, "lr": lr}
         metrics.update(train_epoch(task, trained, optimizers, scaler, batches, device, train, epoch, rank,
-                                   config.get("step_hook")))
+                                   config.get("step_hook"), share))
         # The next epoch starts streaming while this one validates; with early stopping, whether
         # there is a next epoch is known only after validation, and an abandoned stream would linger.
         if epoch < last and not may_stop:

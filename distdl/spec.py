@@ -52,8 +52,9 @@ class DataSpec:
 @dataclass
 class TrainSpec:
     epochs: int = knob(10, help="passes over the training rows")
-    batch_size: int = knob(64, help="global: split evenly over the workers (an explicit `scaling.num_workers` "
-                                    "must divide it)")
+    batch_size: int = knob(64, help="global: rows per optimizer step over all workers, split evenly (an "
+                                    "explicit `scaling.num_workers` must divide it; an elastic range splits it "
+                                    "unevenly where it must, with the loss weighted to the same mean)")
     optimizer: Literal["sgd", "adam", "adamw"] = knob("adamw", help="the optimizer (a GAN: one per network)")
     lr: float = knob(1e-3, help="peak learning rate")
     momentum: float = knob(0.9, help="sgd only")
@@ -101,8 +102,18 @@ class TrainSpec:
 
 
 @dataclass
+class WorkerRange:
+    """``scaling.num_workers: {min: N, max: M}``: an elastic worker group (Ray Train resizes it)."""
+    min: int
+    max: int
+
+
+@dataclass
 class ScalingSpec:
-    num_workers: Union[Auto, int] = knob("auto", help="Ray Train workers; auto: one per GPU, else one per node")
+    num_workers: Union[Auto, int, WorkerRange] = knob(
+        "auto", help="Ray Train workers; auto: one per GPU, else one per node; `{min: N, max: M}`: elastic, "
+                     "training starts once `min` workers can be placed and grows up to `max` as nodes join, "
+                     "shrinks when they leave (the global `train.batch_size` is kept)")
     use_gpu: Union[Auto, bool] = knob("auto", help="train on GPUs; auto: when the cluster has them")
     cpus_per_worker: Union[Auto, float] = knob("auto", help="Ray CPUs reserved per worker (fractions allowed); "
                                                             "auto: the node's CPUs less a share kept for Ray Data")
@@ -111,13 +122,31 @@ class ScalingSpec:
     wait_for_resources_s: float = knob(0.0, help="on an autoscaling cluster: ask the autoscaler for what `use_gpu: "
                                                  "true` and the workers need (or any node with CPUs) and wait up to "
                                                  "this long for it; 0: size from the live nodes at once")
+    resize_check_s: float = knob(30.0, help="elastic `num_workers` only: how often a running group checks "
+                                            "whether more (or fewer) workers fit; a resize restarts the group "
+                                            "from the newest checkpoint")
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, WorkerRange)
+
+    @property
+    def min_workers(self) -> Union[Auto, int]:
+        """The workers a run needs to start: ``num_workers``, or a range's ``min``."""
+        return self.num_workers.min if isinstance(self.num_workers, WorkerRange) else self.num_workers
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from check(self.wait_for_resources_s >= 0, "wait_for_resources_s",
                          f"must be >= 0, got {self.wait_for_resources_s}")
+        yield from check(self.resize_check_s > 0, "resize_check_s", f"must be > 0, got {self.resize_check_s}")
+        if isinstance(self.num_workers, WorkerRange):
+            low, high = self.num_workers.min, self.num_workers.max
+            yield from check(low >= 1, "num_workers.min", f"must be >= 1, got {low}")
+            yield from check(high >= low, "num_workers.max", f"must be >= num_workers.min ({low}), got {high}")
         for name in ("num_workers", "threads_per_worker"):
             value = getattr(self, name)
-            yield from check(value == "auto" or value >= 1, name, f"must be >= 1 or 'auto', got {value}")
+            if not isinstance(value, WorkerRange):
+                yield from check(value == "auto" or value >= 1, name, f"must be >= 1 or 'auto', got {value}")
         cpus = self.cpus_per_worker
         yield from check(cpus == "auto" or cpus > 0, "cpus_per_worker", f"must be > 0 or 'auto', got {cpus}")
         yield from check(self.gpus_per_worker > 0, "gpus_per_worker", f"must be > 0, got {self.gpus_per_worker}")
@@ -151,7 +180,8 @@ class CheckpointSpec:
 @dataclass
 class FailureSpec:
     max_failures: int = knob(2, help="worker-group restarts from the newest complete checkpoint before giving "
-                                     "up (-1: unlimited)")
+                                     "up (-1: unlimited); with an elastic `scaling.num_workers` a node lost is "
+                                     "a resize, not counted")
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from check(self.max_failures >= -1, "max_failures", f"must be >= -1 (-1: unlimited), got {self.max_failures}")
@@ -238,6 +268,9 @@ def _cross_checks(spec: JobSpec) -> Iterator[tuple[str, str]]:
     if isinstance(scaling.num_workers, int):
         yield from check(train.batch_size % scaling.num_workers == 0, "train.batch_size",
                          f"must be divisible by scaling.num_workers ({scaling.num_workers}), got {train.batch_size}")
+    elif scaling.elastic:  # any size in the range splits it, unevenly where it must: each rank needs a row
+        yield from check(train.batch_size >= scaling.num_workers.max, "train.batch_size",
+                         f"must be >= scaling.num_workers.max ({scaling.num_workers.max}), got {train.batch_size}")
     yield from check(not (train.precision == "fp16" and scaling.use_gpu is False), "train.precision",
                      "fp16 needs a GPU (scaling.use_gpu); use bf16 on CPU")
     family = models.FAMILIES[spec.model_family]

@@ -37,6 +37,8 @@ def _alternatives(tp: Any) -> list[str]:
         return [f"list of {_join(_alternatives(typing.get_args(tp)[0]))}"]
     if tp is type(None):
         return ["`null`"]
+    if dataclasses.is_dataclass(tp):  # a field that may also be a small section, e.g. `{min: 1, max: 4}`
+        return [f"`{{{', '.join(f.name for f in dataclasses.fields(tp))}}}`"]
     return [{str: "string", dict: "mapping"}.get(tp, getattr(tp, "__name__", str(tp)))]
 
 

@@ -60,6 +60,9 @@ def convert(value: Any, tp: Any, path: str, problems: list[tuple[str, str]]) -> 
         problems.append((path, f"must be {_type_name(tp)}, got {value!r}"))
         return None
     if origin in (Union, types.UnionType):
+        sections = [option for option in typing.get_args(tp) if dataclasses.is_dataclass(option)]
+        if isinstance(value, dict) and len(sections) == 1:  # a mapping can only mean the section: name its bad keys
+            return from_dict(sections[0], value, path, problems)
         for option in typing.get_args(tp):  # first option that converts cleanly wins
             trial: list[tuple[str, str]] = []
             converted = convert(value, option, path, trial)

@@ -18,7 +18,7 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
-from distdl import capacity, checkpoint, class_weights, data, early_stop, models, progress, runtime
+from distdl import capacity, checkpoint, class_weights, data, early_stop, elastic, models, progress, runtime
 from distdl.experiment import Watch
 from distdl.layout import Layout, resolve, sized_from_live_nodes
 from distdl.logs import say
@@ -85,19 +85,26 @@ def _trainer(spec: JobSpec, layout: Layout, datasets: dict, config: dict,
     resources = {"CPU": layout.cpus_per_worker}
     if layout.use_gpu:
         resources["GPU"] = layout.gpus_per_worker
+    max_failures, callbacks = spec.failure.max_failures, list(callbacks)
+    if layout.max_workers is not None:
+        # Ray counts a worker lost with its node against max_failures; elastic.FailureBudget
+        # counts only the other failures, and ends the run itself.
+        budget = elastic.FailureBudget(spec.failure.max_failures, elastic.dead_nodes())
+        max_failures, callbacks = -1, [*callbacks, budget]
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=layout.num_workers, use_gpu=layout.use_gpu,
-                                     resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=layout.ray_num_workers, use_gpu=layout.use_gpu,
+                                     resources_per_worker=resources,
+                                     elastic_resize_monitor_interval_s=spec.scaling.resize_check_s),
         run_config=RunConfig(
             name=spec.name,
             storage_path=spec.storage,
-            failure_config=FailureConfig(max_failures=spec.failure.max_failures),
+            failure_config=FailureConfig(max_failures=max_failures),
             # Checkpoints are written by rank 0 into the run folder (checkpoint.py), not
             # handed to Ray: only metrics go through ray.train.report.
             checkpoint_config=CheckpointConfig(num_to_keep=None),
-            callbacks=list(callbacks),
+            callbacks=callbacks,
         ),
         datasets=datasets,
     )

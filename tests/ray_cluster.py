@@ -74,6 +74,30 @@ class LocalCluster:
         self._ray_start("node", [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={self.node_cpus}"])
         self._wait_for_nodes(2, timeout_s)
 
+    def start_alone(self, timeout_s: float = 300) -> None:
+        """The head only: nodes join later (add_node)."""
+        self._start_head([], timeout_s)
+
+    def add_node(self, name: str, cpus: int, timeout_s: float = 120) -> None:
+        """One more raylet, ``name``, joining the running cluster (as a machine an autoscaler adds)."""
+        alive = len(self.alive_nodes())
+        self._ports.extend(free_ports(4))
+        self._ray_start(name, [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={cpus}"])
+        self._wait_for_nodes(alive + 1, timeout_s)
+
+    def kill_node(self, name: str) -> None:
+        """SIGKILL raylet ``name`` and every process of its session (its workers) at once, as when
+        its machine dies: nothing is drained, and the GCS finds out by its health checks."""
+        leader = next(p for p in self.procs if f"--temp-dir={self.temp_dir}/{name}" in p.args)
+        for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
+            try:
+                if os.getsid(pid) == leader.pid:
+                    os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        leader.wait()
+        self.procs.remove(leader)  # gone for good: not a `ray start` that failed (_wait_for_nodes)
+
     def _start_head(self, args: list[str], timeout_s: float) -> None:
         self._ray_start("head", ["--head", f"--port={self.gcs_port}", f"--dashboard-port={self.dashboard_port}",
                                  "--include-dashboard=true", f"--ray-client-server-port={self._ports.pop()}",

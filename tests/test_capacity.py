@@ -16,7 +16,7 @@ from test_cluster import client_env, run
 
 from distdl import capacity
 from distdl.layout import LayoutError
-from distdl.spec import ScalingSpec
+from distdl.spec import ScalingSpec, WorkerRange
 
 CPU_NODE = {"CPU": 2.0, "memory": 1e9}
 GPU_NODE = {"CPU": 4.0, "GPU": 1.0}
@@ -33,6 +33,8 @@ def requested() -> list[dict]:
     (ScalingSpec(use_gpu=True), [{"GPU": 1.0}]),
     (ScalingSpec(use_gpu=True, num_workers=2, gpus_per_worker=0.5, cpus_per_worker=3.0),
      [{"GPU": 0.5, "CPU": 3.0}, {"GPU": 0.5, "CPU": 3.0}]),
+    # elastic: training starts with min workers; Ray Train asks for the rest up to max itself
+    (ScalingSpec(use_gpu=True, num_workers=WorkerRange(min=2, max=8)), [{"GPU": 1.0}, {"GPU": 1.0}]),
 ])
 def test_what_is_asked_for_is_what_the_spec_sets_explicitly(scaling, bundles):
     assert capacity.wanted(scaling) == bundles

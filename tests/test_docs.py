@@ -63,7 +63,7 @@ def test_the_reference_lists_every_field():
     assert rows["train.lr"][1:3] == ("float", "0.001")
     assert rows["data.train"].default == "required"
     assert rows["preprocess.audio.n_mels"].default == "40"
-    assert rows["scaling.num_workers"].type == "`auto` or int"
+    assert rows["scaling.num_workers"].type == "`auto`, int or `{min, max}`"
     assert rows["model.family"].default == spec.DEFAULT_FAMILY
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from distdl.layout import Cluster, LayoutError, resolve, sized_from_live_nodes
-from distdl.spec import ScalingSpec
+from distdl.spec import ScalingSpec, WorkerRange
 
 
 def cluster(nodes=1, cpus=2.0, gpus=0.0) -> Cluster:
@@ -60,3 +60,16 @@ def test_auto_fields_sized_from_the_live_nodes_say_so_for_clusters_that_autoscal
         "their worker group up first (min_workers in cluster/*.yaml, minReplicas in KubeRay)")
     assert sized_from_live_nodes(ScalingSpec(num_workers=2), two_nodes).startswith("auto scaling.use_gpu sized")
     assert sized_from_live_nodes(ScalingSpec(num_workers=2, use_gpu=False), two_nodes) is None
+
+
+def test_an_elastic_range_is_sized_for_its_min_and_handed_to_ray_as_a_tuple():
+    layout = resolve(ScalingSpec(num_workers=WorkerRange(min=2, max=4), cpus_per_worker=2), cluster(nodes=2, cpus=3))
+    assert (layout.num_workers, layout.max_workers, layout.ray_num_workers) == (2, 4, (2, 4))
+    assert layout.data_cpus == 2  # what 2 workers leave now; nodes that join bring their own CPUs
+    assert layout.describe().startswith("2..4 worker(s) x (2 CPU")
+    assert resolve(ScalingSpec(num_workers=2), cluster(nodes=2)).ray_num_workers == 2
+
+
+def test_an_elastic_min_that_would_reserve_every_cpu_is_refused():
+    with pytest.raises(LayoutError, match="Ray Data would get none"):
+        resolve(ScalingSpec(num_workers=WorkerRange(min=2, max=3), cpus_per_worker=1), cluster(cpus=2))

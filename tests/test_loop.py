@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from distdl import loop
+from distdl import elastic, loop
 from distdl.spec import TrainSpec, to_dict
 from distdl.tasks.classification import Classification
 
@@ -84,3 +84,66 @@ def test_evaluate_counts_accuracy_and_top5():
 def test_prefetched_yields_every_batch_once_and_handles_empty_streams():
     assert list(loop.Prefetched(range(5))) == [0, 1, 2, 3, 4]
     assert list(loop.Prefetched([])) == []
+
+
+@pytest.mark.parametrize("batch, world", [(64, 1), (64, 2), (64, 3), (7, 7), (10, 4)])
+def test_the_ranks_shares_add_up_to_the_global_batch_whatever_the_world_size(batch, world):
+    shares = [elastic.share(batch, world, rank) for rank in range(world)]
+    assert sum(s.rows for s in shares) == batch
+    assert max(s.rows for s in shares) - min(s.rows for s in shares) <= 1
+    assert all(s.even == (batch % world == 0) for s in shares)
+    assert elastic.share(64, 3, 0).rows == 22 and elastic.share(64, 3, 2).rows == 21
+
+
+def test_a_batch_too_small_to_give_every_worker_a_row_is_refused():
+    with pytest.raises(ValueError, match="cannot give each of 5 workers a row"):
+        elastic.share(4, 5, 0)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_weighted_rank_losses_averaged_as_ddp_does_give_the_global_batch_gradient(world):
+    """DDP averages the ranks' gradients; with uneven shares each rank's mean loss is weighted so
+    the average is exactly the gradient of the mean loss over the 64 rows, at any world size."""
+    torch.manual_seed(0)
+    model, x, y = MLP(), torch.randn(64, 1, 4, 4), torch.arange(64) % 4
+
+    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
+        return torch.autograd.grad(loss, list(model.parameters()))
+
+    whole = grads(nn.functional.cross_entropy(model(x), y))
+    at, per_rank = 0, []
+    for rank in range(world):
+        part = elastic.share(64, world, rank)
+        rows = slice(at, at + part.rows)
+        at += part.rows
+        per_rank.append(grads(nn.functional.cross_entropy(model(x[rows]), y[rows]) * part.loss_weight))
+    averaged = [sum(g) / world for g in zip(*per_rank)]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(averaged, whole))
+
+
+def test_an_uneven_share_steps_only_on_full_batches_and_drains_the_rest():
+    """Ranks of an uneven group take different rows per step from equal shards: each steps only
+    while every rank has a full batch (here one rank: 5, 5, then 3 rows left over)."""
+    torch.manual_seed(0)
+    model, cfg = MLP(), train_cfg(lr=0.05)
+    batches = [{"x": torch.randn(n, 1, 4, 4), "y": torch.arange(n) % 4} for n in (5, 5, 3)]
+    drained = []
+
+    def stream():
+        for batch in batches:
+            yield batch
+            drained.append(len(batch["y"]))
+
+    share = elastic.Share(rows=5, loss_weight=1.0, even=False)
+    calls = []
+    out = loop.train_epoch(classification(4), model, {"model": loop.make_optimizer(model.parameters(), cfg)},
+                           torch.amp.GradScaler("cpu", enabled=False), stream(), torch.device("cpu"), cfg, 1, 0,
+                           hook=lambda *args: calls.append(args), share=share)
+    assert out["train_samples"] == 10 and len(calls) == 2
+    assert drained == [5, 5, 3]  # the stream was read to its end: the next epoch starts a fresh one
+
+
+def test_a_group_restarted_at_another_size_says_so():
+    assert elastic.resized(2, 3, "runs/x/checkpoints/epoch_0004") == "workers 2 → 3, resuming from epoch_0004"
+    assert elastic.resized(3, 3, "runs/x/checkpoints/epoch_0004") is None
+    assert elastic.resized(None, 3, "runs/x/checkpoints/epoch_0004") is None  # a checkpoint older than elastic runs

@@ -39,7 +39,8 @@ def test_typo_names_the_path_and_the_closest_key():
     ("data", "val_fraction", 1.5, "must be in [0, 1), got 1.5"),
     ("data", "format", "xml", "must be 'auto' | 'parquet' | 'csv' | 'jsonl' | 'image_folder' | 'text' | 'audio_folder', got 'xml'"),
     ("scaling", "num_workers", 0, "must be >= 1 or 'auto', got 0"),
-    ("scaling", "num_workers", "many", "must be 'auto' | int, got 'many'"),
+    ("scaling", "num_workers", "many", "must be 'auto' | int | mapping, got 'many'"),
+    ("scaling", "resize_check_s", 0, "must be > 0, got 0.0"),
     ("preprocess", "augment", ["rotate"], None),
     ("checkpoint", "best_metric", "f1", None),
     ("model", "arch", "resnet19", "must be 'smallcnn' | 'resnet18' | 'resnet34' | 'resnet50', got 'resnet19'"),
@@ -65,6 +66,28 @@ def test_cross_section_rules():
     assert "bf16 on CPU" in found["train.precision"]
     found = problems({**MINIMAL, "data": {"train": "a.txt", "format": "text"}})
     assert "model family 'cnn' reads" in found["data.format"]
+
+
+def test_an_elastic_worker_range_is_a_min_and_a_max_with_its_bad_fields_named():
+    spec = specmod.parse({**MINIMAL, "scaling": {"num_workers": {"min": 1, "max": 3}, "resize_check_s": 5}})
+    assert spec.scaling.elastic and spec.scaling.min_workers == 1 and spec.scaling.resize_check_s == 5
+    assert spec.to_dict()["scaling"]["num_workers"] == {"min": 1, "max": 3}
+    assert specmod.parse(spec.to_dict()).scaling.num_workers == spec.scaling.num_workers  # as checkpoints hold it
+    assert specmod.parse(MINIMAL).scaling.resize_check_s == 30
+    found = problems({**MINIMAL, "scaling": {"num_workers": {"min": 0, "max": 2}}})
+    assert found == {"scaling.num_workers.min": "must be >= 1, got 0"}
+    found = problems({**MINIMAL, "scaling": {"num_workers": {"min": 3, "max": 2}}})
+    assert found == {"scaling.num_workers.max": "must be >= num_workers.min (3), got 2"}
+    assert problems({**MINIMAL, "scaling": {"num_workers": {"min": 1}}}) == {"scaling.num_workers.max": "is required"}
+    found = problems({**MINIMAL, "scaling": {"num_workers": {"min": 1, "mx": 2}}})
+    assert found["scaling.num_workers.mx"] == "unknown key; did you mean 'max'?"
+
+
+def test_an_elastic_range_needs_a_row_of_the_batch_for_each_worker_not_a_divisor():
+    spec = specmod.parse({**MINIMAL, "scaling": {"num_workers": {"min": 2, "max": 3}}, "train": {"batch_size": 64}})
+    assert spec.train.batch_size == 64  # 3 workers: 22 + 21 + 21 rows a step
+    found = problems({**MINIMAL, "scaling": {"num_workers": {"min": 1, "max": 8}}, "train": {"batch_size": 4}})
+    assert found == {"train.batch_size": "must be >= scaling.num_workers.max (8), got 4"}
 
 
 def test_family_defaults_fill_the_input_column_and_best_metric():

@@ -13,6 +13,7 @@ resumes from the newest complete checkpoint in storage (loop.py). Here:
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -26,6 +27,7 @@ from distdl.runtime import cause_in
 NODE_DIED = "its node has died"  # Ray's GCS: "The actor died because its node has died. Node Id: ..."
 # The GCS marks a node dead after 5 failed health checks 3 s apart (Ray 2.60's defaults), ~15 s.
 SETTLE_S = 20.0
+JOIN_POLL_S = 1.0  # how often the controller looks for a joined node (a GCS call)
 
 
 @dataclass(frozen=True)
@@ -77,17 +79,19 @@ class FailureBudget(UserCallback):
     marked dead within ``settle_s`` (a node may have joined and died between two reports); only
     other failures wait that long before counting. ``dead`` None: no cluster to ask."""
 
-    def __init__(self, max_failures: int, dead: Optional[set[str]] = None, settle_s: float = SETTLE_S):
+    def __init__(self, max_failures: int, dead: Optional[set[str]] = None, alive: Optional[set[str]] = None,
+                 settle_s: float = SETTLE_S):
         self.max_failures, self.settle_s = max_failures, settle_s
         self.failures = 0
         self.dead = dead  # the cluster's dead nodes already accounted for
-        self.alive: Optional[set[str]] = None  # at the last report
+        self.alive = alive  # the nodes alive when the run started: a node not among them joined
+        self.watching = False  # whether this process (the controller) watches for joining nodes
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
-        alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
-        if self.alive is not None and alive - self.alive:
-            _refresh_ray_view()  # a node joined: let the next resize check count it
-        self.alive = alive
+        if not self.watching and self.alive is not None:  # in the controller now, where a thread can live
+            self.watching = True
+            threading.Thread(target=_refresh_on_join, args=(self.alive,), daemon=True,
+                             name="distdl-node-joins").start()
 
     def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
         said_so = any(is_node_loss(error) for error in worker_exceptions.values())
@@ -115,6 +119,25 @@ class FailureBudget(UserCallback):
                 return False
             time.sleep(0.5)
         return True
+
+
+def _refresh_on_join(known: set[str]) -> None:
+    """For the rest of the run (a daemon thread of the controller): refresh Ray's view of the
+    nodes as soon as one joins that is not ``known``, so that the next resize check
+    (scaling.resize_check_s) counts it, not only Ray Data's own refresh, up to 20 s later."""
+    while True:
+        try:
+            alive = alive_nodes()
+        except ray.exceptions.RayError:  # the controller is going away with its run
+            return
+        if alive - known:
+            _refresh_ray_view()
+        known = alive
+        time.sleep(JOIN_POLL_S)
+
+
+def alive_nodes() -> set[str]:
+    return {node["NodeID"] for node in ray.nodes() if node["Alive"]}
 
 
 def dead_nodes() -> set[str]:

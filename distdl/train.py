@@ -89,7 +89,7 @@ def _trainer(spec: JobSpec, layout: Layout, datasets: dict, config: dict,
     if layout.max_workers is not None:
         # Ray counts a worker lost with its node against max_failures; elastic.FailureBudget
         # counts only the other failures, and ends the run itself.
-        budget = elastic.FailureBudget(spec.failure.max_failures, elastic.dead_nodes())
+        budget = elastic.FailureBudget(spec.failure.max_failures, elastic.dead_nodes(), elastic.alive_nodes())
         max_failures, callbacks = -1, [*callbacks, budget]
     return TorchTrainer(
         train_loop_per_worker,

@@ -77,7 +77,10 @@ class FailureBudget(UserCallback):
     health checks fail (seconds later), and only then do the dead workers' errors say so. So a
     failure is a lost node when any error says so, or when a node not known ``dead`` before is
     marked dead within ``settle_s`` (a node may have joined and died between two reports); only
-    other failures wait that long before counting. ``dead`` None: no cluster to ask."""
+    other failures wait that long before counting. ``dead`` None: no cluster to ask.
+
+    From its first report on it also watches for nodes joining that were not ``alive`` at the
+    start (_refresh_on_join), so that a resize check sees them at once."""
 
     def __init__(self, max_failures: int, dead: Optional[set[str]] = None, alive: Optional[set[str]] = None,
                  settle_s: float = SETTLE_S):

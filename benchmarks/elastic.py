@@ -3,7 +3,7 @@
 A real Ray cluster of raylets on this machine (tests/ray_cluster.LocalCluster, token auth): a
 head of 3 CPUs, and raylets of 2 CPUs that join and leave. The digits demo with a small CNN,
 ``scaling.num_workers: {min: 1, max: 2}`` with 2 CPUs a worker (one fits on each raylet),
-``resize_check_s: 1``, and the same global batch (64) whatever the group's size. Both runs
+``resize_check_s: 1``, and the same global batch (64 by default) whatever the group's size. Both runs
 start on the head alone (one worker), and a second raylet joins after the first epoch:
 
   (a) nothing else happens: the group grows to two workers and finishes;
@@ -19,6 +19,9 @@ Run from the repository root, on an otherwise idle machine:
 
     .venv/bin/python benchmarks/elastic.py            # 8 epochs a run
     .venv/bin/python benchmarks/elastic.py --smoke    # 3 epochs a run
+
+The full run keeps Ray's own node health checks (a dead node is known after ~15 s); --smoke
+checks every second, so that the suite's run (tests/test_elastic.py) waits ~3 s instead.
 """
 from __future__ import annotations
 
@@ -53,12 +56,12 @@ VAL_FRACTION = 0.2
 SMOKE = {"epochs": 3}  # a join after epoch 1, a departure after epoch 2
 
 
-def spec(root: Path, digits: Path, name: str, epochs: int) -> JobSpec:
+def spec(runs: Path, digits: Path, name: str, epochs: int, batch: int) -> JobSpec:
     return parse({
-        "name": name, "storage": str(root / "runs"), "data": {"train": str(digits), "val_fraction": VAL_FRACTION},
+        "name": name, "storage": str(runs), "data": {"train": str(digits), "val_fraction": VAL_FRACTION},
         "model": {"arch": "smallcnn", "width": 4, "batchnorm": False},
         "preprocess": {"image_size": 8, "channels": 1, "mean": [0.3], "std": [0.3]},
-        "train": {"epochs": epochs, "batch_size": 64, "lr": 0.01, "schedule": "constant", "shuffle": False},
+        "train": {"epochs": epochs, "batch_size": batch, "lr": 0.01, "schedule": "constant", "shuffle": False},
         "scaling": {"num_workers": {"min": 1, "max": 2}, "cpus_per_worker": 2, "resize_check_s": 1},
         "failure": {"max_failures": 0}, "tracking": {"enabled": False},
     })
@@ -84,11 +87,10 @@ def first_step_of_rank_1(marker: str, rank: int, epoch: int, step: int) -> None:
         time.sleep(0.05)
 
 
-def run(cluster: LocalCluster, root: Path, digits: Path, rows: int, name: str, epochs: int,
-        leave_after: int = 0) -> tuple[float, float]:
+def run(cluster: LocalCluster, job: JobSpec, leave_after: int = 0) -> tuple[float, float]:
     """(wall seconds, seconds from a raylet joining after epoch 1 to its worker's first step) of
     one run; ``leave_after``: kill that raylet once this epoch is checkpointed."""
-    job, marker, joined = spec(root, digits, name, epochs), root / f"{name}-first-step", []
+    name, marker, joined = job.name, Path(job.storage) / f"{job.name}-first-step", []
     when_epoch(job.run_dir, 1, lambda: (cluster.add_node(name, cpus=2), joined.append(time.time())))
     if leave_after:
         when_epoch(job.run_dir, leave_after, lambda: cluster.kill_node(name))
@@ -101,21 +103,25 @@ def run(cluster: LocalCluster, root: Path, digits: Path, rows: int, name: str, e
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=64, help="the global batch (default: %(default)s)")
+    parser.add_argument("--runs", type=Path, help="keep the two runs (metrics, checkpoints) in this folder, as "
+                                                  "RUNS/a and RUNS/b (default: a temporary folder)")
     args = parse_args(parser, SMOKE)
     with tempfile.TemporaryDirectory(prefix="distdl-bench-elastic-") as tmp:
         root = Path(tmp)
         digits = write_digits(root / "digits")["train"]
         rows = round(pq.ParquetFile(digits).metadata.num_rows * (1 - VAL_FRACTION))
+        jobs = {name: spec(args.runs or root / "runs", digits, name, args.epochs, args.batch_size) for name in "ab"}
         (root / "logs").mkdir()
-        cluster = LocalCluster(root / "logs", head_cpus=3, node_cpus=2)
+        cluster = LocalCluster(root / "logs", head_cpus=3, node_cpus=2, quick_node_death=args.smoke)
         cluster.token = TOKEN
         os.environ[runtime.TRAIN_POLL_INTERVAL] = cluster.env[runtime.TRAIN_POLL_INTERVAL]
         try:
             cluster.start_alone()
             with runtime.session(f"127.0.0.1:{cluster.gcs_port}"):  # a driver on the head's raylet
                 # (b) first: its raylet leaves, so (a) starts on the head alone too
-                results = {"b": run(cluster, root, digits, rows, "b", args.epochs, max(2, args.epochs // 2)),
-                           "a": run(cluster, root, digits, rows, "a", args.epochs)}
+                results = {"b": run(cluster, jobs["b"], leave_after=max(2, args.epochs // 2)),
+                           "a": run(cluster, jobs["a"])}
         finally:
             cluster.stop()
     for label, what in (("a", "a raylet joins after epoch 1"), ("b", "... and leaves halfway")):

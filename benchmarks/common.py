@@ -22,7 +22,7 @@ def parse_args(parser: argparse.ArgumentParser, smoke: dict[str, Any]) -> argpar
     """The command line, with ``--smoke``: the options in ``smoke`` take those values (tiny
     sizes), and the script runs every model and setup it has."""
     parser.add_argument("--smoke", action="store_true",
-                        help="every model and setup on tiny sizes, in seconds: checks that the benchmark runs "
+                        help="tiny sizes (one of two setups that share a code path), in seconds: checks that the benchmark runs "
                              "end to end; its numbers mean nothing")
     args = parser.parse_args()
     if args.smoke:

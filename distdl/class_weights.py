@@ -4,14 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-from distdl.preprocessors.base import plain
-
-
-def label_counts(ds: Any, label_column: str) -> dict[Any, int]:
-    """{label: rows} from a pass over the label column only (as fitting the classes does)."""
-    rows = ds.select_columns([label_column]).groupby(label_column).count().take_all()
-    return {plain(row[label_column]): int(row["count()"]) for row in rows}
-
 
 def resolve(setting: Union[None, str, dict], classes: list[Any],
             counts: Optional[dict[Any, int]] = None) -> Optional[list[float]]:

@@ -24,6 +24,7 @@ from distdl.layout import Layout, resolve, sized_from_live_nodes
 from distdl.logs import say
 from distdl.loop import StepHook, train_loop_per_worker
 from distdl.paths import filesystem
+from distdl.preprocessors.base import label_counts
 from distdl.spec import JobSpec
 
 
@@ -181,7 +182,7 @@ def _class_weights(spec: JobSpec, pre: Any, train_raw: ray.data.Dataset) -> Opti
     setting = spec.train.class_weights
     if setting is None:  # also every task without classes (spec validation allows no other)
         return None
-    counts = class_weights.label_counts(train_raw, spec.data.label_column) if setting == "auto" else None
+    counts = label_counts(train_raw, spec.data.label_column) if setting == "auto" else None
     try:
         weights = class_weights.resolve(setting, pre.classes, counts)
     except ValueError as exc:

@@ -14,6 +14,7 @@ Each kind provides:
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
@@ -83,11 +84,29 @@ def fit_classes(ds: Any, label_column: str) -> list[Any]:
     """The sorted class list from a pass over the label column only (driver side)."""
     if label_column not in ds.columns():
         raise BadInputError(f"label column '{label_column}' not in the data; columns: {ds.columns()}")
-    classes = sorted(plain(v) for v in ds.select_columns([label_column]).unique(label_column))
+    classes = sorted(label_counts(ds, label_column))
     if len(classes) < 2:
         raise BadInputError(f"found {len(classes)} class(es) in column '{label_column}': {classes}; "
                             "classification needs at least 2 (image folders need one sub-folder per class)")
     return classes
+
+
+def label_counts(ds: Any, label_column: str) -> dict[Any, int]:
+    """{label: rows} from one pass over the label column only. Each block counts its own labels
+    in a plain map task and the driver adds the counts up: Ray Data's unique() and groupby()
+    start shuffle actors for every pass, ~3 s of each training run's start on 2 cores (measured)."""
+    counts: Counter = Counter()
+    per_block = ds.select_columns([label_column]).map_batches(
+        _count_labels, fn_kwargs={"column": label_column}, batch_format="numpy", batch_size=None)
+    for row in per_block.iter_rows():
+        counts[plain(row["label"])] += int(row["rows"])
+    return dict(counts)
+
+
+def _count_labels(batch: dict[str, np.ndarray], column: str) -> dict[str, np.ndarray]:
+    counts = Counter(plain(v) for v in batch[column])
+    # object: each label as it is (numpy would make 1 and "a" two strings)
+    return {"label": np.array(list(counts), dtype=object), "rows": np.array(list(counts.values()), dtype=np.int64)}
 
 
 def require_column(ds: Any, column: str, role: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -149,14 +150,17 @@ class Summary:
     seconds: float
     output: str
     error_examples: list[str] = field(default_factory=list)  # the first few reasons, each naming its row
+    actors: Optional[dict[str, int]] = None  # this run's scoring actors per node id (None: not known)
 
     def describe(self, log: Optional[Path] = None) -> str:
         rate = self.rows_this_run / self.seconds if self.seconds else 0.0
         examples = "".join(f"  e.g. {error}\n" for error in self.error_examples)
         where = "  (each row's reason is in the output's error column)\n" if examples else ""
+        spread = (f"actors: {sum(self.actors.values())} on {len(self.actors)} node(s)\n"
+                  if self.actors else "")
         return (f"rows in: {self.rows_in}  rows scored: {self.rows_scored}  rows with errors: "
                 f"{self.rows_with_errors}  ({self.rows_this_run} this run, {rate:,.0f} rows/s)\n"
-                f"{examples}{where}output: {self.output}" + (f"\nlog:    {log}" if log else ""))
+                f"{examples}{where}{spread}output: {self.output}" + (f"\nlog:    {log}" if log else ""))
 
 
 def score(checkpoint_path: str, input_path: str, output_path: str, resources: Resources = Resources(),
@@ -216,7 +220,7 @@ def _run(checkpoint_path: str, raw: ray.data.Dataset, output_path: str, resource
     """``id_column``: None scores by content ids. ``rows``: the input's rows where known without
     reading it (None: the progress bar has no total). ``source``: the input's identity
     (score_input). ``flag``: what named the id column, for messages."""
-    started = time.perf_counter()
+    started, earlier = time.perf_counter(), scoring_actors()
     output_path = output_path if is_uri(output_path) else str(Path(output_path).absolute())  # Ray needs absolute
     expected = score_ids.check_input(raw, id_column, flag) if id_column else None  # before anything is written
     manifest = {"checkpoint": checkpoint_path, "identity": checkpoint.identity(checkpoint_path), "input": source,
@@ -227,8 +231,34 @@ def _run(checkpoint_path: str, raw: ray.data.Dataset, output_path: str, resource
         written = 0 if done is None else _write(checkpoint_path, raw, output_path, resources, id_column, done,
                                                 options, rows)
         rows_in = _check_complete(output_path, raw, id_column, expected)
-        score_output.write_manifest(output_path, {**manifest, "complete": True})
-    return _summarize(rows_in, output_path, written, time.perf_counter() - started)
+        actors = _per_node(scoring_actors(), earlier) if written else {}
+        score_output.write_manifest(output_path, {**manifest, "complete": True, "actors": actors})
+    summary = _summarize(rows_in, output_path, written, time.perf_counter() - started)
+    summary.actors = actors
+    return summary
+
+
+def scoring_actors() -> dict[str, str] | None:
+    """This job's scoring actors, dead or alive, each with its node id, from Ray's state API.
+    None where this Ray has no dashboard to serve it: the output stands without the record."""
+    from ray.util.state import list_actors
+
+    try:
+        actors = list_actors(filters=[("job_id", "=", ray.get_runtime_context().get_job_id())], limit=10_000,
+                             raise_on_missing_output=False)
+    except Exception as exc:  # noqa: BLE001 - Ray raises several kinds when its dashboard is off
+        say(f"[distdl] note: which nodes scored is not recorded ({type(exc).__name__}: {exc})", err=True)
+        return None
+    # "MapWorker(MapBatches(Predictor))", or with the resume filter fused in front of it
+    return {a.actor_id: a.node_id for a in actors if "MapBatches(Predictor)" in a.class_name}
+
+
+def _per_node(now: dict[str, str] | None, earlier: dict[str, str] | None) -> dict[str, int] | None:
+    """The actors in ``now`` but not ``earlier`` (this run's pool, with any that replaced a
+    lost one), counted per node id; one that never got a node (none was needed) is not counted."""
+    if now is None or earlier is None:
+        return None
+    return dict(sorted(Counter(node for actor, node in now.items() if node and actor not in earlier).items()))
 
 
 def _check_complete(output_path: str, raw: ray.data.Dataset, id_column: str | None,

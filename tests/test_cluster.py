@@ -3,6 +3,7 @@ training and scoring through `distdl submit`, a bad spec through plain `ray job 
 and `distdl jobs stop`. One cluster for the session (conftest.ray_cluster)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -16,7 +17,7 @@ import yaml
 
 from test_predict import holdout_batch
 
-from distdl import checkpoint, cli
+from distdl import checkpoint, cli, score_output
 from distdl.predict import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,7 +120,7 @@ def test_a_score_job_writes_every_row_where_the_user_asked(trained, project, ray
     monkeypatch.setenv("RAY_AUTH_TOKEN", ray_cluster.token)
     code, out = distdl_main(capsys, "submit", "--address", ray_cluster.address, "score",
                             "--checkpoint", "runs/cluster_digits/best", "--input", str(digits["holdout"]),
-                            "--output", "out/scores", "--max-actors", "1")
+                            "--output", "out/scores", "--min-actors", "2", "--max-actors", "2")
     assert code == 0 and f"score --checkpoint {project / 'runs' / 'cluster_digits' / 'best'}" in out
     job_id = submission_id(out)
     code, logs = distdl_main(capsys, "jobs", "logs", job_id, "--follow", "--address", ray_cluster.address)
@@ -128,6 +129,10 @@ def test_a_score_job_writes_every_row_where_the_user_asked(trained, project, ray
     rows = pq.read_table(digits["holdout"]).num_rows
     assert f"rows in: {rows}  rows scored: {rows}  rows with errors: 0" in logs
     assert pq.read_table(project / "out" / "scores").num_rows == rows
+    # Ray Data spreads the pool: an actor on each raylet, recorded in the output's manifest
+    manifest = json.loads((project / "out" / "scores" / score_output.MANIFEST).read_text())
+    assert set(manifest["actors"]) == {n["node_id"] for n in ray_cluster.alive_nodes()}, manifest
+    assert "actors: 2 on 2 node(s)" in logs
 
 
 def test_a_bad_spec_fails_before_any_ray_work_with_its_message_in_the_logs(ray_cluster, tmp_path, monkeypatch, capsys):

@@ -246,8 +246,7 @@ def scoring_actors() -> dict[str, str] | None:
     try:
         actors = list_actors(filters=[("job_id", "=", ray.get_runtime_context().get_job_id())], limit=10_000,
                              raise_on_missing_output=False)
-    except Exception as exc:  # noqa: BLE001 - Ray raises several kinds when its dashboard is off
-        say(f"[distdl] note: which nodes scored is not recorded ({type(exc).__name__}: {exc})", err=True)
+    except Exception:  # noqa: BLE001 - Ray raises several kinds when its dashboard is off
         return None
     # "MapWorker(MapBatches(Predictor))", or with the resume filter fused in front of it
     return {a.actor_id: a.node_id for a in actors if "MapBatches(Predictor)" in a.class_name}
@@ -257,6 +256,8 @@ def _per_node(now: dict[str, str] | None, earlier: dict[str, str] | None) -> dic
     """The actors in ``now`` but not ``earlier`` (this run's pool, with any that replaced a
     lost one), counted per node id; one that never got a node (none was needed) is not counted."""
     if now is None or earlier is None:
+        say("[distdl] note: which nodes scored is not recorded: this Ray cluster's state API (its dashboard) "
+            "did not answer", err=True)
         return None
     return dict(sorted(Counter(node for actor, node in now.items() if node and actor not in earlier).items()))
 

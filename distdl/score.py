@@ -23,7 +23,7 @@ import numpy as np
 import ray
 import ray.data
 
-from distdl import (checkpoint, data, models, progress, runtime, score_ids, score_input, score_lock, score_output,
+from distdl import (capacity, checkpoint, data, models, progress, runtime, score_ids, score_input, score_lock, score_output,
                     score_resume, tasks)
 from distdl.logs import say
 from distdl.paths import is_uri
@@ -43,6 +43,9 @@ BLOCKS_PER_ACTOR = 4
 # Two calls in flight per actor: fetching and batching the next block overlaps the running
 # call. Ray Data still runs one Predictor call at a time per actor.
 CALLS_PER_ACTOR = 2
+# On several nodes the pool's first actors are placed before any input is read, with no
+# practical bound: a run that needs a node to join waits for it, as it would without this.
+WAIT_FOR_THE_FIRST_ACTORS_S = 7 * 24 * 3600
 
 
 class ScoringError(RuntimeError):
@@ -308,11 +311,17 @@ def scoring_pipeline(checkpoint_path: str, raw: ray.data.Dataset, resources: Res
         ds = raw.map_batches(_drop_done, fn_kwargs={"column": id_column, "done": done}, batch_format="numpy",
                              **in_the_actors)
     id_column = id_column or ROW_ID
-    return ds.map_batches(
+    scored = ds.map_batches(
         Predictor, batch_format="numpy", batch_size=resources.batch_size, compute=resources.pool(), **in_the_actors,
         fn_constructor_kwargs={"checkpoint_path": checkpoint_path, **options, "threads": resources.threads(),
                                "passthrough": [id_column], "where_column": id_column,
                                "device": "cuda" if resources.gpus else "cpu", **_backend(checkpoint_path, resources)})
+    if len(capacity.live_nodes()) > 1:
+        # Ray Data spreads its actors over the nodes, but an actor waits for free CPUs, and the
+        # read tasks, spread first, can hold a node's CPUs until a short run is over: every row
+        # would then be scored on one node. On one node, reading overlaps the actors' start.
+        scored.context.wait_for_min_actors_s = WAIT_FOR_THE_FIRST_ACTORS_S
+    return scored
 
 
 def _backend(checkpoint_path: str, resources: Resources) -> dict:

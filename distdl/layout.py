@@ -43,7 +43,8 @@ class Cluster:
             # Ray 2.60 does not tell a driver which nodes an autoscaler could add.
             raise LayoutError("no node of this Ray cluster has CPUs to train on (worker groups scaled to zero?): "
                               "the layout is sized from the nodes alive when training starts; start a worker "
-                              "node first (min_workers: 1 in cluster/*.yaml)")
+                              "node first (min_workers: 1 in cluster/*.yaml), or set scaling.wait_for_resources_s "
+                              "to ask the autoscaler for one")
         gpu_nodes = [r["GPU"] for r in alive if r.get("GPU", 0) > 0]
         return cls(
             nodes=len(alive),
@@ -120,10 +121,12 @@ def sized_from_live_nodes(scaling: ScalingSpec, cluster: Cluster) -> str | None:
     """What to tell a user whose layout ``auto`` fields were sized from the nodes alive now, on
     a cluster that may be autoscaling: Ray 2.60 does not tell a driver which nodes an autoscaler
     could add (a GPU worker group at zero looks like no GPUs), so those nodes are not counted.
-    Explicit fields do not help there: their CPUs and GPUs are checked against the live nodes too."""
+    Explicit fields alone do not help: their CPUs and GPUs are checked against the live nodes too,
+    unless scaling.wait_for_resources_s has the autoscaler add what they ask for (capacity.py)."""
     auto = [f"scaling.{name}" for name in ("num_workers", "use_gpu") if getattr(scaling, name) == "auto"]
     if not auto:
         return None
     return (f"auto {' and '.join(auto)} sized from the {cluster.nodes} node(s) with CPUs alive now; nodes an "
             "autoscaler adds later are not counted (a GPU group at zero counts as no GPUs): to train on them, "
-            "scale their worker group up first (min_workers in cluster/*.yaml, minReplicas in KubeRay)")
+            "ask for them (use_gpu: true and scaling.wait_for_resources_s) or scale their worker group up first "
+            "(min_workers in cluster/*.yaml, minReplicas in KubeRay)")

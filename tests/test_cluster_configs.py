@@ -37,14 +37,18 @@ def test_config_passes_rays_launcher_schema_and_checks(path):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_config_has_a_cpu_head_and_an_autoscaling_gpu_group_on_the_distdl_image(path):
+def test_config_has_a_cpu_head_a_cpu_group_and_a_gpu_group_from_zero_on_the_distdl_image(path):
     config = load(path)
     types = config["available_node_types"]
     head = types.pop(config["head_node_type"])
-    assert "GPU" not in head["resources"]
-    (gpu,) = types.values()
-    # At least one GPU node up: the head has no CPUs, and a training layout is sized from live nodes.
-    assert gpu["resources"]["GPU"] >= 1 and 1 == gpu["min_workers"] < gpu["max_workers"] <= config["max_workers"]
+    assert head["resources"] == {"CPU": 0}
+    assert set(types) == {"cpu_worker", "gpu_worker"}
+    cpu, gpu = types["cpu_worker"], types["gpu_worker"]
+    # One CPU node stays up (a job that does not wait for nodes is sized from the live ones); the
+    # GPU group idles at zero until a job asks the autoscaler for GPUs (wait_for_resources_s).
+    assert "GPU" not in cpu["resources"] and 1 == cpu["min_workers"] < cpu["max_workers"]
+    assert gpu["resources"]["GPU"] >= 1 and 0 == gpu["min_workers"] < gpu["max_workers"]
+    assert cpu["max_workers"] + gpu["max_workers"] <= config["max_workers"]
     assert config["docker"]["image"].endswith(f"/distdl:{VERSION}")
     assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]
     assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}

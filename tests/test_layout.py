@@ -56,8 +56,9 @@ def test_auto_fields_sized_from_the_live_nodes_say_so_for_clusters_that_autoscal
     two_nodes = cluster(nodes=2)
     assert sized_from_live_nodes(ScalingSpec(), two_nodes) == (
         "auto scaling.num_workers and scaling.use_gpu sized from the 2 node(s) with CPUs alive now; nodes an "
-        "autoscaler adds later are not counted (a GPU group at zero counts as no GPUs): to train on them, scale "
-        "their worker group up first (min_workers in cluster/*.yaml, minReplicas in KubeRay)")
+        "autoscaler adds later are not counted (a GPU group at zero counts as no GPUs): to train on them, ask for "
+        "them (use_gpu: true and scaling.wait_for_resources_s) or scale their worker group up first (min_workers "
+        "in cluster/*.yaml, minReplicas in KubeRay)")
     assert sized_from_live_nodes(ScalingSpec(num_workers=2), two_nodes).startswith("auto scaling.use_gpu sized")
     assert sized_from_live_nodes(ScalingSpec(num_workers=2, use_gpu=False), two_nodes) is None
 

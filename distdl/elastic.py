@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import ray
 from ray.exceptions import RayActorError
@@ -50,11 +50,22 @@ def share(global_batch: int, world: int, rank: int) -> Share:
     return Share(rows=rows, loss_weight=rows * world / global_batch, even=extra == 0)
 
 
-def resized(previous: Optional[int], world: int, resume_from: str) -> Optional[str]:
-    """The log line of a group that restarted with another world size, or None."""
+def resized(previous: Optional[int], world: int, resume_from: str, nodes_before: Sequence[str] = (),
+            nodes_now: Sequence[str] = ()) -> Optional[str]:
+    """The log line of a group that restarted with another world size, or None. ``nodes_before``
+    and ``nodes_now`` (node_names() at each group's start; empty: not known) name the nodes that
+    joined or left in between."""
     if previous is None or previous == world:
         return None
-    return f"workers {previous} → {world}, resuming from {resume_from.rstrip('/').rsplit('/', 1)[-1]}"
+    changes = ([f"node {name} joined" for name in sorted(set(nodes_now) - set(nodes_before))]
+               + [f"node {name} left" for name in sorted(set(nodes_before) - set(nodes_now))])
+    said = f" ({', '.join(changes)})" if nodes_before and nodes_now and changes else ""
+    return f"workers {previous} → {world}{said}, resuming from {resume_from.rstrip('/').rsplit('/', 1)[-1]}"
+
+
+def node_names() -> list[str]:
+    """The cluster's live nodes as a log names them: a short node id (the dashboard's) and the address."""
+    return sorted(f"{node['NodeID'][:8]} at {node['NodeManagerAddress']}" for node in ray.nodes() if node["Alive"])
 
 
 def is_node_loss(error: BaseException) -> bool:

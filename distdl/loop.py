@@ -225,11 +225,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = models.build_model(family, model_cfg)  # what checkpoints hold; `trained` may wrap it
     state, optimizer_states = {"epoch": 0, "history": [], "best": None}, None
     resume_from = checkpoint.latest(run_dir)
+    nodes = elastic.node_names() if rank == 0 else []  # checkpointed by rank 0: a resize names what changed
     if resume_from:
         model.load_state_dict(checkpoint.load_weights(resume_from))
         state, optimizer_states = checkpoint.load_train_state(resume_from)
         if rank == 0:
-            say(elastic.resized(state.get("world"), world, resume_from)
+            say(elastic.resized(state.get("world"), world, resume_from, state.get("nodes", ()), nodes)
                 or f"resuming from {resume_from} (epoch {state['epoch']} done)")
     else:
         models.init_weights(family, model, model_cfg)  # e.g. a pretrained folder's weights
@@ -237,7 +238,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for name, saved in (optimizer_states or {}).items():
         optimizers[name].load_state_dict(saved)
     scaler = torch.amp.GradScaler(device.type, enabled=train["precision"] == "fp16")
-    state["world"] = world  # checkpointed: a group restarted at another size says so
+    state["world"], state["nodes"] = world, nodes  # checkpointed: a group restarted at another size says so
 
     per_worker = share.rows
     shuffle = 4 * per_worker if train["shuffle"] else None

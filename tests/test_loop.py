@@ -147,3 +147,9 @@ def test_a_group_restarted_at_another_size_says_so():
     assert elastic.resized(2, 3, "runs/x/checkpoints/epoch_0004") == "workers 2 → 3, resuming from epoch_0004"
     assert elastic.resized(3, 3, "runs/x/checkpoints/epoch_0004") is None
     assert elastic.resized(None, 3, "runs/x/checkpoints/epoch_0004") is None  # a checkpoint older than elastic runs
+    head, second, third = "4a97290a at 10.0.0.1", "493e032e at 10.0.0.2", "0c1d2e3f at 10.0.0.3"
+    assert (elastic.resized(1, 2, "runs/x/checkpoints/epoch_0001", [head], [head, second])
+            == "workers 1 → 2 (node 493e032e at 10.0.0.2 joined), resuming from epoch_0001")
+    assert (elastic.resized(2, 2 - 1, "epoch_0002", [head, second], [head, third])  # one came, one went
+            == "workers 2 → 1 (node 0c1d2e3f at 10.0.0.3 joined, node 493e032e at 10.0.0.2 left), resuming from "
+               "epoch_0002")

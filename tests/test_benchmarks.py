@@ -3,8 +3,14 @@ sizes, real Ray) and prints its rates and ratios.
 
 A new script under benchmarks/ is collected here by itself, so it fails until it has --smoke.
 A script whose smoke run is also a behaviour's end-to-end test runs in that test instead (once).
+
+The smokes run two at a time, each a process with its own Ray: most of a smoke is processes
+starting and waiting on each other, so two share 2 cores with less idle time than one.
 """
 from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterator
 
 import pytest
 from smoke import ROOT, ratios, run_smoke
@@ -13,6 +19,9 @@ HELPERS = {"common.py", "loadgen.py"}  # modules the scripts import, not scripts
 SMOKED_ELSEWHERE = {"elastic.py": "tests/test_elastic.py"}
 SCRIPTS = sorted(path.name for path in (ROOT / "benchmarks").glob("*.py")
                  if path.name not in HELPERS and path.name not in SMOKED_ELSEWHERE)
+# Started first, so that neither lane ends on a long smoke while the other is idle.
+LONGEST = ("tune_throughput.py", "serve_throughput.py")
+AT_ONCE = 2
 
 
 def test_ratio_lines_of_every_script_are_recognized():
@@ -30,7 +39,18 @@ def test_a_script_smoked_elsewhere_is_a_benchmark_and_its_test_runs_it():
         assert f'run_smoke("{script}"' in (ROOT / test).read_text(), f"{test} does not run {script}"
 
 
+@pytest.fixture(scope="module")
+def smokes() -> Iterator[dict[str, Future]]:
+    """Every script's smoke run, AT_ONCE at a time, started with the first test that asks."""
+    order = sorted(SCRIPTS, key=lambda script: (script not in LONGEST, script))
+    with ThreadPoolExecutor(max_workers=AT_ONCE, thread_name_prefix="smoke") as pool:
+        running = {script: pool.submit(run_smoke, script) for script in order}
+        yield running
+        for future in running.values():  # after a failure with -x: start no more
+            future.cancel()
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_smoke_runs_every_model_and_setup_and_prints_rates_and_ratios(script):
-    run_smoke(script)
+def test_smoke_runs_every_model_and_setup_and_prints_rates_and_ratios(script, smokes):
+    smokes[script].result()

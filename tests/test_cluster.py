@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -177,3 +178,42 @@ def test_jobs_stop_stops_a_running_training_job_and_its_workers(ray_cluster, pro
     wait_for(lambda: not alive_workers(), "the stopped job's training worker to exit")
     code, out = distdl_main(capsys, "jobs", "stop", job_id, "--address", ray_cluster.address)
     assert out.strip() == f"{job_id} had already ended: STOPPED"
+
+
+def test_a_node_lost_mid_scoring_still_leaves_every_row_exactly_once(trained, project, ray_cluster, digits, tmp_path):
+    """A third raylet joins and takes one of three 2-CPU scoring actors (one fits per node);
+    once scoring is under way it is SIGKILLed with its workers, as when a machine dies. The
+    blocks it held are scored again elsewhere, and the output holds each input row once. Last
+    in this module: the cluster keeps its two other nodes."""
+    table = pq.read_table(digits["train"])
+    many = tmp_path / "many"
+    many.mkdir()
+    for f in range(20):  # ~32k rows: scoring is still under way when the node dies
+        ids = pa.array([f"f{f}-r{r}" for r in range(table.num_rows)])
+        pq.write_table(table.set_column(table.column_names.index("id"), "id", ids), many / f"part{f:02d}.parquet")
+    before = {n["node_id"] for n in ray_cluster.alive_nodes()}
+    ray_cluster.add_node("scorer", cpus=2)
+    (scorer,) = {n["node_id"] for n in ray_cluster.alive_nodes()} - before
+    out = tmp_path / "scores"
+    # A driver on the head's machine, joining the cluster by its GCS address
+    env = {**client_env(ray_cluster), "RAY_ADDRESS": f"127.0.0.1:{ray_cluster.gcs_port}", "RAY_AUTH_MODE": "token"}
+    job = subprocess.Popen([sys.executable, "-m", "distdl", "score", "--checkpoint",
+                            str(project / "runs" / "cluster_digits" / "best"), "--input", str(many),
+                            "--output", str(out), "--cpus", "2", "--min-actors", "3", "--max-actors", "3"],
+                           env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def scoring_on_the_scorer() -> list[dict]:
+            committed = list(out.glob(f"{score_output.PART_PREFIX}*.parquet")) if out.exists() else []
+            actors = ray_cluster.get("/api/v0/actors", detail="true", limit=10000)["data"]["result"]["result"]
+            return committed and [a for a in actors if "MapBatches(Predictor)" in a["class_name"]
+                                  and a["node_id"] == scorer and a["state"] == "ALIVE"]
+
+        wait_for(scoring_on_the_scorer, "a scoring actor on the third node, and a first part", 300)
+        assert job.poll() is None, "the job ended before the node could die; make the input bigger"
+        ray_cluster.kill_node("scorer")
+        printed, _ = job.communicate(timeout=600)
+    finally:
+        job.kill()
+    assert job.returncode == 0 and "rows with errors: 0" in printed, printed[-3000:]
+    ids = pq.read_table(out, columns=["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 20 * table.num_rows  # every row, none twice

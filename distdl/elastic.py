@@ -79,9 +79,10 @@ class TooManyFailures(RuntimeError):
     pass
 
 
-class FailureBudget(UserCallback):
-    """Runs in Ray Train's controller: counts the worker-group failures that are not lost nodes
-    and ends the run once there are more than ``max_failures`` (-1: never).
+class ElasticWatch(UserCallback):
+    """Runs in Ray Train's controller of an elastic run and watches its nodes: counts the
+    worker-group failures that are not lost nodes, ending the run once there are more than
+    ``max_failures`` (-1: never), and makes a joining node seen at once (below).
 
     A node's death reaches Ray in pieces: its workers' peers fail at once (their collective
     breaks: "Connection closed by peer"), while the GCS marks the node dead only after its

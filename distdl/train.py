@@ -88,10 +88,10 @@ def _trainer(spec: JobSpec, layout: Layout, datasets: dict, config: dict,
         resources["GPU"] = layout.gpus_per_worker
     max_failures, callbacks = spec.failure.max_failures, list(callbacks)
     if layout.max_workers is not None:
-        # Ray counts a worker lost with its node against max_failures; elastic.FailureBudget
+        # Ray counts a worker lost with its node against max_failures; elastic.ElasticWatch
         # counts only the other failures, and ends the run itself.
-        budget = elastic.FailureBudget(spec.failure.max_failures, elastic.dead_nodes(), elastic.alive_nodes())
-        max_failures, callbacks = -1, [*callbacks, budget]
+        watch = elastic.ElasticWatch(spec.failure.max_failures, elastic.dead_nodes(), elastic.alive_nodes())
+        max_failures, callbacks = -1, [*callbacks, watch]
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,

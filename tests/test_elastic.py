@@ -13,7 +13,7 @@ from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
 from smoke import run_smoke
 
 from distdl import checkpoint
-from distdl.elastic import FailureBudget, TooManyFailures, is_node_loss
+from distdl.elastic import ElasticWatch, TooManyFailures, is_node_loss
 
 EPOCHS = 3  # the benchmark's --smoke: a raylet joins after epoch 1 and, in run (b), leaves after epoch 2
 BATCH = 63  # odd: two workers take 32 + 31 rows a step, and step only while both have a full share
@@ -28,14 +28,14 @@ def test_a_worker_lost_with_its_node_is_a_resize_and_other_failures_spend_the_bu
     assert not is_node_loss(RayActorError(error_msg="The actor died unexpectedly: worker exit code 1"))
     assert not is_node_loss(ValueError("bad label 'eleven'"))
 
-    budget = FailureBudget(max_failures=1)
+    budget = ElasticWatch(max_failures=1)
     # a lost node's peers fail too (their collective breaks): still one resize, not a failure
     budget.after_exception(None, {0: RuntimeError("Connection closed by peer"), 2: NODE_DIED})
     budget.after_exception(None, {1: ValueError("bad label 'eleven'")})
     with pytest.raises(TooManyFailures, match=r"2 worker failures \(lost nodes not counted\), more than "
                                               r"failure.max_failures=1; the last, on rank 1: bad label 'eleven'"):
         budget.after_exception(None, {1: ValueError("bad label 'eleven'")})
-    unlimited = FailureBudget(max_failures=-1)
+    unlimited = ElasticWatch(max_failures=-1)
     for _ in range(5):
         unlimited.after_exception(None, {0: ValueError("flaky")})
 

@@ -11,12 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from test_predict import holdout_batch
+from test_score_faults import write_copies
 
 from distdl import checkpoint, cli, score_output
 from distdl.predict import Predictor
@@ -186,11 +186,7 @@ def test_a_node_lost_mid_scoring_still_leaves_every_row_exactly_once(trained, pr
     blocks it held are scored again elsewhere, and the output holds each input row once. Last
     in this module: the cluster keeps its two other nodes."""
     table = pq.read_table(digits["train"])
-    many = tmp_path / "many"
-    many.mkdir()
-    for f in range(20):  # ~32k rows: scoring is still under way when the node dies
-        ids = pa.array([f"f{f}-r{r}" for r in range(table.num_rows)])
-        pq.write_table(table.set_column(table.column_names.index("id"), "id", ids), many / f"part{f:02d}.parquet")
+    many = write_copies(table, tmp_path / "many", 20)  # ~32k rows: scoring is still under way when the node dies
     before = {n["node_id"] for n in ray_cluster.alive_nodes()}
     ray_cluster.add_node("scorer", cpus=2)
     (scorer,) = {n["node_id"] for n in ray_cluster.alive_nodes()} - before

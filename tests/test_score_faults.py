@@ -27,15 +27,19 @@ def ckpt(ray_session, digits, tmp_path_factory) -> str:
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best", digits["train"], arch="resnet18", size=32)
 
 
+def write_copies(table: pa.Table, folder: Path, files: int) -> Path:
+    """``files`` parquet files in ``folder``, each ``table`` with unique ids ("f<file>-r<row>")."""
+    folder.mkdir(exist_ok=True)
+    for f in range(files):
+        ids = pa.array([f"f{f}-r{r}" for r in range(table.num_rows)])
+        pq.write_table(table.set_column(table.column_names.index("id"), "id", ids), folder / f"part{f:02d}.parquet")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def many_files(digits, tmp_path_factory) -> Path:
     """FILES parquet files of real digits with unique ids."""
-    table = pq.read_table(digits["train"]).slice(0, ROWS_PER_FILE)
-    folder = tmp_path_factory.mktemp("many")
-    for f in range(FILES):
-        ids = pa.array([f"f{f}-r{r}" for r in range(ROWS_PER_FILE)])
-        pq.write_table(table.set_column(table.column_names.index("id"), "id", ids), folder / f"part{f:02d}.parquet")
-    return folder
+    return write_copies(pq.read_table(digits["train"]).slice(0, ROWS_PER_FILE), tmp_path_factory.mktemp("many"), FILES)
 
 
 def committed_parts(out: Path) -> list[Path]:

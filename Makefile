@@ -35,9 +35,13 @@ demo-gan: $(STAMP)
 	$(PY) -m distdl train jobs/gan_digits.yaml --fresh
 	$(PY) -m distdl score --checkpoint runs/gan_digits/best --generate 10000 --output out/gan_samples --overwrite
 
+# Two pytest-xdist workers, each with its own embedded Ray; tests/conftest.py groups the tests
+# (a module, or every test on the two-raylet cluster) and hands out the longest groups first.
+XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check distdl tests benchmarks scripts
-	$(PY) -m pytest -x -q --durations=15 tests
+	$(PY) -m pytest -x -q $(XDIST) --durations=15 tests
 
 # The unit tier: everything but the tests that start Ray, a server or a subprocess end to end.
 test-fast: $(STAMP)

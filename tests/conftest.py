@@ -11,16 +11,60 @@ RAY_CPUS = 4
 RAY_FIXTURES = {"ray_session", "ray_cluster"}
 
 
+# `make test` runs the suite on two pytest-xdist workers, each with its own embedded Ray. A
+# worker takes a whole group of tests at a time: a module, so that its module-scoped servers and
+# runs start once, or every module with tests on the shared two-raylet cluster, so that one
+# cluster starts, not one per worker. The longest groups go first (as measured with
+# --durations), so that none starts while the other worker is about to run out of work; the
+# rest follow in file order. The order only moves time around; it never changes a result.
+CLUSTER_MODULES = {"test_cluster", "test_capacity", "test_submit"}
+LONGEST_FIRST = ("ray_cluster", "test_benchmarks", "test_tune", "test_serve", "test_train", "test_elastic",
+                 "test_tracking", "test_rnn_train", "test_score_faults")
+
+
+def group_of(nodeid: str) -> str:
+    module = Path(nodeid.split("::")[0]).stem
+    return "ray_cluster" if module in CLUSTER_MODULES else module
+
+
+def uses_the_cluster(item: pytest.Item) -> bool:
+    return "ray_cluster" in getattr(item, "fixturenames", ())
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadgroup` hands out the groups above. (xdist's own loadgroup reads marks that
+    pytest 9 no longer lets it attach to test ids.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return ByGroup(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that needs a Ray (directly or through another fixture) is end to end: `make
     test-fast` (-m "not e2e") skips it without each test having to say so.
 
-    The tests on the two-raylet cluster run last, in their order: the cluster, once started,
-    lives to the end of the session, and idle it still takes a few percent of 2 cores."""
+    Items are ordered group by group, and the cluster's tests last in their group (below)."""
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
-    items.sort(key=lambda item: "ray_cluster" in getattr(item, "fixturenames", ()))
+        if uses_the_cluster(item) and group_of(item.nodeid) != "ray_cluster":
+            raise pytest.UsageError(f"{item.nodeid} uses the ray_cluster fixture: add its module to "
+                                    "CLUSTER_MODULES in tests/conftest.py")
+    group_rank = {group: rank for rank, group in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: (group_rank.get(group_of(item.nodeid), len(LONGEST_FIRST)), uses_the_cluster(item)))
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """The two-raylet cluster stops after its last test: idle, it still takes a few percent of
+    2 cores, which the rest of the session can use."""
+    if uses_the_cluster(item) and (nextitem is None or not uses_the_cluster(nextitem)):
+        item.funcargs["ray_cluster"].stop()
 
 
 @pytest.fixture(scope="session", autouse=True)

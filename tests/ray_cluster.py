@@ -161,6 +161,7 @@ class LocalCluster:
                 pass  # gone already, or not ours
         for p in self.procs:
             p.wait()
+        self.procs = []  # stopped: a second stop() has nothing to do
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 

@@ -7,8 +7,8 @@ resumes from the newest complete checkpoint in storage (loop.py). Here:
 - each rank's share of the global batch, and the loss weight that makes DDP's averaged
   gradient the mean over exactly ``train.batch_size`` rows, whatever the world size;
 - which worker failures count against ``failure.max_failures``: a worker lost with its node is
-  a resize, not a failure (Ray would count it; distdl gives Ray an unlimited budget in
-  elastic mode and counts the other failures itself).
+  a resize, not a failure, while the nodes left hold the group's ``min`` workers (Ray would
+  count it; distdl gives Ray an unlimited budget in elastic mode and counts the failures itself).
 """
 from __future__ import annotations
 
@@ -16,18 +16,19 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import ray
 from ray.exceptions import RayActorError
 from ray.train import UserCallback
 
+from distdl.capacity import live_nodes
+from distdl.node_watch import dead_nodes, refresh_on_join, refresh_ray_data_view
 from distdl.runtime import cause_in
 
 NODE_DIED = "its node has died"  # Ray's GCS: "The actor died because its node has died. Node Id: ..."
 # The GCS marks a node dead after 5 failed health checks 3 s apart (Ray 2.60's defaults), ~15 s.
 SETTLE_S = 20.0
-JOIN_POLL_S = 1.0  # how often the controller looks for a joined node (a GCS call)
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,25 @@ class TooManyFailures(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class Floor:
+    """An elastic group's smallest size and one worker's resources ({"CPU": 2.0, "GPU": 1.0}):
+    a node lost is a resize while the nodes left hold ``min_workers``; below that, a failure."""
+    min_workers: int
+    worker: dict[str, float]
+
+    def held_by(self, nodes: list[dict[str, float]]) -> int:
+        """How many workers these nodes' resources hold, each worker on one node."""
+        wanted = {kind: amount for kind, amount in self.worker.items() if amount > 0}
+        return sum(min((int(node.get(kind, 0.0) // amount) for kind, amount in wanted.items()), default=0)
+                   for node in nodes)
+
+
 class ElasticWatch(UserCallback):
     """Runs in Ray Train's controller of an elastic run and watches its nodes: counts the
     worker-group failures that are not lost nodes, ending the run once there are more than
-    ``max_failures`` (-1: never), and makes a joining node seen at once (below).
+    ``max_failures`` (-1: never), and makes a joining node seen at once (below). A lost node
+    counts as a failure too when the nodes left cannot hold the group's ``floor``.
 
     A node's death reaches Ray in pieces: its workers' peers fail at once (their collective
     breaks: "Connection closed by peer"), while the GCS marks the node dead only after its
@@ -92,20 +108,22 @@ class ElasticWatch(UserCallback):
     other failures wait that long before counting. ``dead`` None: no cluster to ask.
 
     From its first report on it also watches for nodes joining that were not ``alive`` at the
-    start (_refresh_on_join), so that a resize check sees them at once."""
+    start (node_watch.refresh_on_join), so that a resize check sees them at once."""
 
     def __init__(self, max_failures: int, dead: Optional[set[str]] = None, alive: Optional[set[str]] = None,
-                 settle_s: float = SETTLE_S):
+                 settle_s: float = SETTLE_S, floor: Optional[Floor] = None,
+                 nodes: Callable[[], list[dict[str, float]]] = live_nodes):
         self.max_failures, self.settle_s = max_failures, settle_s
         self.failures = 0
         self.dead = dead  # the cluster's dead nodes already accounted for
         self.alive = alive  # the nodes alive when the run started: a node not among them joined
         self.watching = False  # whether this process (the controller) watches for joining nodes
+        self.floor, self.nodes = floor, nodes  # floor None: any lost node is a resize
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         if not self.watching and self.alive is not None:  # in the controller now, where a thread can live
             self.watching = True
-            threading.Thread(target=_refresh_on_join, args=(self.alive,), daemon=True,
+            threading.Thread(target=refresh_on_join, args=(self.alive,), daemon=True,
                              name="distdl-node-joins").start()
 
     def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
@@ -113,14 +131,20 @@ class ElasticWatch(UserCallback):
         if said_so or self._a_node_died():
             if self.dead is not None:
                 self.dead = dead_nodes()  # accounted for: a later failure is not this node's
-            _say("a node left with workers of the group: it restarts on the rest from the newest checkpoint "
-                 "(not counted against failure.max_failures)")
-            _refresh_ray_view()  # the restart is sized without the dead node
-            return
+            refresh_ray_data_view()  # the restart is sized without the dead node
+            held = self.floor.held_by(self.nodes()) if self.floor else None
+            if held is None or held >= self.floor.min_workers:
+                _say("a node left with workers of the group: it restarts on the rest from the newest checkpoint "
+                     "(not counted against failure.max_failures)")
+                return
+            _say(f"a node left with workers of the group, and the nodes left hold {held} worker(s), fewer than "
+                 f"scaling.num_workers.min={self.floor.min_workers}: counted against failure.max_failures; "
+                 "the group restarts once nodes join")
         self.failures += 1
         if 0 <= self.max_failures < self.failures:
             rank, error = min(worker_exceptions.items(), key=lambda item: item[0])
-            raise TooManyFailures(f"{self.failures} worker failures (lost nodes not counted), more than "
+            raise TooManyFailures(f"{self.failures} worker failures (a lost node counts only when fewer than "
+                                  f"scaling.num_workers.min workers fit on the rest), more than "
                                   f"failure.max_failures={self.max_failures}; the last, on rank {rank}: "
                                   f"{cause_in(str(error))}")
 
@@ -134,49 +158,6 @@ class ElasticWatch(UserCallback):
                 return False
             time.sleep(0.5)
         return True
-
-
-def _refresh_on_join(known: set[str]) -> None:
-    """For the rest of the run (a daemon thread of the controller): refresh Ray's view of the
-    nodes as soon as one joins that is not ``known``, so that the next resize check
-    (scaling.resize_check_s) counts it, not only Ray Data's own refresh, up to 20 s later."""
-    while True:
-        try:
-            alive = alive_nodes()
-        except ray.exceptions.RayError:  # the controller is going away with its run
-            return
-        if alive - known:
-            _refresh_ray_view()
-        known = alive
-        time.sleep(JOIN_POLL_S)
-
-
-def alive_nodes() -> set[str]:
-    return {node["NodeID"] for node in ray.nodes() if node["Alive"]}
-
-
-def dead_nodes() -> set[str]:
-    """The cluster's nodes that died (the GCS keeps them listed, not alive)."""
-    return {node["NodeID"] for node in ray.nodes() if not node["Alive"]}
-
-
-def _refresh_ray_view() -> None:
-    """Make Ray Train's elastic policy see the nodes alive now. It sizes the group from Ray
-    Data's autoscaling coordinator, whose view of the nodes is refreshed every 20 s: measured
-    here, a restart right after a node died was sized for the dead node's worker too and waited
-    out Ray's 60 s worker-group start timeout, and a joined node went unseen for up to 20 s.
-    The coordinator is Ray-internal: where it differs, only this speed-up is lost."""
-    if not ray.is_initialized():  # not in a Ray process: nothing to refresh (and no Ray to start)
-        return
-    try:
-        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
-            get_or_create_autoscaling_coordinator,
-        )
-
-        coordinator = get_or_create_autoscaling_coordinator()
-        ray.get(coordinator.get_reserved_resources.remote("distdl", recompute=True), timeout=10)
-    except (ImportError, AttributeError, TypeError, ray.exceptions.RayError):
-        pass
 
 
 def _say(message: str) -> None:

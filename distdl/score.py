@@ -14,17 +14,18 @@ import hashlib
 import os
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import ContextManager, Optional
 
 import numpy as np
 
 import ray
 import ray.data
 
-from distdl import (capacity, checkpoint, data, models, progress, runtime, score_ids, score_input, score_lock, score_output,
-                    score_resume, tasks)
+from distdl import (capacity, checkpoint, data, models, node_watch, progress, runtime, score_ids, score_input, score_lock,
+                    score_output, score_resume, tasks)
 from distdl.logs import say
 from distdl.paths import is_uri
 from distdl.predict import Predictor, input_column, output_types
@@ -286,11 +287,18 @@ def _write(checkpoint_path: str, raw: ray.data.Dataset, output_path: str, resour
     sink = score_output.PartSink(output_path, id_column or ROW_ID, output_types(checkpoint_path),
                                  resources.rows_per_file, ids_from_content=id_column is None)
     try:
-        with progress.following("score", "row", rows, len(done), score_output.CommittedRows(output_path)):
+        with progress.following("score", "row", rows, len(done), score_output.CommittedRows(output_path)), \
+                _pool_growing_as_nodes_join():
             scored.write_datasink(sink)
     except ray.exceptions.RayError as exc:  # the reason, not Ray's traceback of the actor that died of it
         raise ScoringError(f"scoring failed: {runtime.root_cause(exc)}") from exc
     return sink.rows_written
+
+
+def _pool_growing_as_nodes_join() -> ContextManager[None]:
+    """With --max-actors above the pool's size, Ray Data adds actors as room appears: on a node
+    that joins, once it sees the node (node_watch: at once, not up to 20 s later)."""
+    return nullcontext() if runtime.is_embedded() else node_watch.refreshed_on_join()
 
 
 def scoring_pipeline(checkpoint_path: str, raw: ray.data.Dataset, resources: Resources, id_column: str | None,
@@ -316,6 +324,11 @@ def scoring_pipeline(checkpoint_path: str, raw: ray.data.Dataset, resources: Res
         fn_constructor_kwargs={"checkpoint_path": checkpoint_path, **options, "threads": resources.threads(),
                                "passthrough": [id_column], "where_column": id_column,
                                "device": "cuda" if resources.gpus else "cpu", **_backend(checkpoint_path, resources)})
+    if not runtime.is_embedded():
+        # A cluster can gain nodes. Ray Data's per-stage reservations kept a joined node's CPUs for
+        # the write stage, which needs next to none, and the pool never grew onto it (measured: no
+        # third actor in 55 s; without the reservations, one 15 s after the node joined).
+        scored.context.op_resource_reservation_enabled = False
     if len(capacity.live_nodes()) > 1:
         # Ray Data spreads its actors over the nodes, but an actor waits for free CPUs, and the
         # read tasks, spread first, can hold a node's CPUs until a short run is over: every row

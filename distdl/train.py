@@ -18,7 +18,7 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
-from distdl import capacity, checkpoint, class_weights, data, early_stop, elastic, models, progress, runtime
+from distdl import capacity, checkpoint, class_weights, data, early_stop, elastic, models, node_watch, progress, runtime
 from distdl.experiment import Watch
 from distdl.layout import Layout, resolve, sized_from_live_nodes
 from distdl.logs import say
@@ -90,7 +90,8 @@ def _trainer(spec: JobSpec, layout: Layout, datasets: dict, config: dict,
     if layout.max_workers is not None:
         # Ray counts a worker lost with its node against max_failures; elastic.ElasticWatch
         # counts only the other failures, and ends the run itself.
-        watch = elastic.ElasticWatch(spec.failure.max_failures, elastic.dead_nodes(), elastic.alive_nodes())
+        watch = elastic.ElasticWatch(spec.failure.max_failures, node_watch.dead_nodes(), node_watch.alive_nodes(),
+                                     floor=elastic.Floor(layout.num_workers, resources))
         max_failures, callbacks = -1, [*callbacks, watch]
     return TorchTrainer(
         train_loop_per_worker,

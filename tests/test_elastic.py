@@ -13,7 +13,7 @@ from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
 from smoke import run_smoke
 
 from distdl import checkpoint
-from distdl.elastic import ElasticWatch, TooManyFailures, is_node_loss
+from distdl.elastic import ElasticWatch, Floor, TooManyFailures, is_node_loss
 
 EPOCHS = 3  # the benchmark's --smoke: a raylet joins after epoch 1 and, in run (b), leaves after epoch 2
 BATCH = 63  # odd: two workers take 32 + 31 rows a step, and step only while both have a full share
@@ -32,12 +32,30 @@ def test_a_worker_lost_with_its_node_is_a_resize_and_other_failures_spend_the_bu
     # a lost node's peers fail too (their collective breaks): still one resize, not a failure
     budget.after_exception(None, {0: RuntimeError("Connection closed by peer"), 2: NODE_DIED})
     budget.after_exception(None, {1: ValueError("bad label 'eleven'")})
-    with pytest.raises(TooManyFailures, match=r"2 worker failures \(lost nodes not counted\), more than "
+    with pytest.raises(TooManyFailures, match=r"2 worker failures \(a lost node counts only when fewer than "
+                                              r"scaling.num_workers.min workers fit on the rest\), more than "
                                               r"failure.max_failures=1; the last, on rank 1: bad label 'eleven'"):
         budget.after_exception(None, {1: ValueError("bad label 'eleven'")})
     unlimited = ElasticWatch(max_failures=-1)
     for _ in range(5):
         unlimited.after_exception(None, {0: ValueError("flaky")})
+
+
+def test_a_lost_node_counts_as_a_failure_only_when_the_rest_cannot_hold_the_minimum(capsys):
+    two_cpus = Floor(min_workers=2, worker={"CPU": 2.0, "GPU": 0.0})
+    assert two_cpus.held_by([{"CPU": 3.0}, {"CPU": 2.0}, {"CPU": 0.0}]) == 2  # a CPU-less head holds none
+    assert two_cpus.held_by([{"CPU": 4.0}]) == 2  # two on one node
+    assert Floor(1, {"CPU": 1.0, "GPU": 1.0}).held_by([{"CPU": 8.0}, {"CPU": 8.0, "GPU": 2.0}]) == 2
+
+    enough = ElasticWatch(max_failures=0, floor=two_cpus, nodes=lambda: [{"CPU": 3.0}, {"CPU": 2.0}])
+    enough.after_exception(None, {1: NODE_DIED})  # two workers still fit: a resize
+    assert enough.failures == 0 and "not counted against failure.max_failures" in capsys.readouterr().out
+
+    too_few = ElasticWatch(max_failures=0, floor=two_cpus, nodes=lambda: [{"CPU": 3.0}])
+    with pytest.raises(TooManyFailures, match=r"1 worker failures .* failure.max_failures=0"):
+        too_few.after_exception(None, {1: NODE_DIED})
+    assert ("the nodes left hold 1 worker(s), fewer than scaling.num_workers.min=2: counted against "
+            "failure.max_failures" in capsys.readouterr().out)
 
 
 

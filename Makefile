@@ -46,7 +46,7 @@ test: $(STAMP)
 # The unit tier: everything but the tests that start Ray, a server or a subprocess end to end.
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check distdl tests benchmarks scripts
-	$(PY) -m pytest -x -q -m "not e2e" --durations=10 tests
+	$(PY) -m pytest -x -q $(XDIST) -m "not e2e" --durations=10 tests
 
 # The user guide (docs/) as a static site in site/; --strict fails on a broken link or page.
 docs: $(STAMP)

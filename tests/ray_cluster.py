@@ -20,12 +20,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import requests
 
 from distdl import runtime
 
 VENV_BIN = Path(sys.executable).parent
+T = TypeVar("T")
 
 
 def free_ports(n: int) -> list[int]:
@@ -50,6 +52,7 @@ class LocalCluster:
         (self.gcs_port, self.dashboard_port, *self._ports) = free_ports(12)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self.procs: list[subprocess.Popen] = []
+        self.node_ids: dict[str, str] = {}  # by add_node's name
 
     @property
     def env(self) -> dict[str, str]:
@@ -83,16 +86,23 @@ class LocalCluster:
         """The head only: nodes join later (add_node)."""
         self._start_head([], timeout_s)
 
-    def add_node(self, name: str, cpus: int, timeout_s: float = 120) -> None:
-        """One more raylet, ``name``, joining the running cluster (as a machine an autoscaler adds)."""
-        alive = len(self.alive_nodes())
+    def add_node(self, name: str, cpus: int, timeout_s: float = 120) -> str:
+        """One more raylet, ``name``, joining the running cluster (as a machine an autoscaler
+        adds); its node id. Waiting for a new id, not for one more node alive: a node killed
+        just before is still counted alive until the GCS's health checks mark it dead."""
+        before = {node["node_id"] for node in self.alive_nodes()}
         self._ports.extend(free_ports(4))
         self._ray_start(name, [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={cpus}"])
-        self._wait_for_nodes(alive + 1, timeout_s)
+        joined = self._wait_until(lambda nodes: [n["node_id"] for n in nodes if n["node_id"] not in before],
+                                  f"node {name!r} joined", timeout_s)
+        self.node_ids[name] = joined[0]
+        return joined[0]
 
-    def kill_node(self, name: str) -> None:
+    def kill_node(self, name: str, timeout_s: float = 120) -> None:
         """SIGKILL raylet ``name`` and every process of its session (its workers) at once, as when
-        its machine dies: nothing is drained, and the GCS finds out by its health checks."""
+        its machine dies: nothing is drained, and the GCS finds out by its health checks. Returns
+        once the GCS has marked it dead (~3 s with quick_node_death, ~15 s without), so that what
+        runs next is never scheduled onto a node that is gone."""
         leader = next(p for p in self.procs if f"--temp-dir={self.temp_dir}/{name}" in p.args)
         for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
             try:
@@ -101,7 +111,9 @@ class LocalCluster:
             except (ProcessLookupError, PermissionError):
                 pass
         leader.wait()
-        self.procs.remove(leader)  # gone for good: not a `ray start` that failed (_wait_for_nodes)
+        self.procs.remove(leader)  # gone for good: not a `ray start` that failed (_wait_until)
+        node_id = self.node_ids.pop(name)
+        self._wait_until(lambda nodes: all(n["node_id"] != node_id for n in nodes), f"node {name!r} dead", timeout_s)
 
     def _start_head(self, args: list[str], timeout_s: float) -> None:
         self._ray_start("head", ["--head", f"--port={self.gcs_port}", f"--dashboard-port={self.dashboard_port}",
@@ -133,14 +145,19 @@ class LocalCluster:
                         filter_predicates="=", filter_values=job_id)["data"]["result"]["result"]
 
     def _wait_for_nodes(self, n: int, timeout_s: float) -> None:
+        self._wait_until(lambda nodes: len(nodes) >= n, f"{n} node(s) alive", timeout_s)
+
+    def _wait_until(self, found: Callable[[list[dict]], T], what: str, timeout_s: float) -> T:
+        """Poll the alive nodes until ``found`` of them is truthy, and return it."""
         deadline = time.monotonic() + timeout_s
-        while len(self.alive_nodes()) < n:
+        while not (result := found(self.alive_nodes())):
             for p in self.procs:
                 if p.poll() is not None:
                     raise RuntimeError(f"`{' '.join(p.args[:3])}` exited with {p.returncode}; see {self.logs}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the Ray cluster did not reach {n} node(s) in {timeout_s:.0f}s; see {self.logs}")
+                raise RuntimeError(f"the Ray cluster: not {what} after {timeout_s:.0f}s; see {self.logs}")
             time.sleep(1)
+        return result
 
     def stop(self, grace_s: float = 5) -> None:
         """SIGTERM both `ray start` processes, then SIGKILL whatever is left in their sessions.

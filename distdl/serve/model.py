@@ -9,15 +9,13 @@ temperature, a gan's seed): a batch runs one forward pass per distinct set of op
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple
 
 import numpy as np
 from ray import serve
 
 from distdl.predict import Predictor
 from distdl.serve import metrics
-from distdl.serve.batch_window import AdaptiveWindow
 
 INDEX = "index"  # each row's position in its request: Predictor errors name it
 DEPLOYMENT_PREFIX = "model-"  # each model's deployment is named model-NAME
@@ -32,16 +30,14 @@ class Row(NamedTuple):
 @serve.deployment
 class ModelServer:
     def __init__(self, checkpoint_path: str, options: dict[str, Any], threads: int, device: str,
-                 max_batch_size: int, batch_wait_timeout_s: Union[float, str], backend: str = "torch"):
+                 max_batch_size: int, batch_wait_timeout_s: float, backend: str = "torch"):
         # backend "onnx": each replica exports the model as it starts (seconds; distdl.onnx_export)
         self.predictor = Predictor(checkpoint_path, threads=threads, device=device, where_column=INDEX,
                                    backend=backend, **options)
         self.input_column = self.predictor.inputs.input_column
         # @serve.batch takes its sizes at class definition; each deployment sets its own here.
         self._predict_rows.set_max_batch_size(max_batch_size)
-        # "auto": the window follows the recent passes (batch_window); a number: a fixed wait
-        self.window: Optional[AdaptiveWindow] = AdaptiveWindow() if batch_wait_timeout_s == "auto" else None
-        self._predict_rows.set_batch_wait_timeout_s(0.0 if self.window else batch_wait_timeout_s)
+        self._predict_rows.set_batch_wait_timeout_s(batch_wait_timeout_s)
         # Ray 2.60's @serve.batch forms the next batch as soon as the previous one starts, then
         # holds it until the forward pass is free. Under load that batch is only what arrived in
         # batch_wait_timeout_s: ResNet-18 at 32 concurrent clients ran batches of ONE row. So rows
@@ -68,7 +64,6 @@ class ModelServer:
             groups.setdefault(row.options, []).append(j)
         out: list[dict] = [{}] * len(rows)
         self._forward_idle.clear()
-        started = time.perf_counter()
         try:
             for options, members in groups.items():
                 self.forward_metrics.record(len(members))
@@ -78,9 +73,6 @@ class ModelServer:
                 for j, answer in zip(members, answers):
                     out[j] = answer
         finally:
-            if self.window:
-                self._predict_rows.set_batch_wait_timeout_s(
-                    self.window.after_pass(len(rows), time.perf_counter() - started))
             self._forward_idle.set()
         return out
 

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distdl import models, preprocessors
-from distdl.paths import exists, filesystem, read_bytes
+from distdl.paths import exists, filesystem, join, read_bytes
 
 MARKER = "COMPLETE"
 CHECKPOINTS = "checkpoints"
@@ -45,10 +45,6 @@ SPEC = "spec.yaml"
 
 class CheckpointError(ValueError):
     """A checkpoint file that exists but cannot be read (truncated by a failed copy, corrupt)."""
-
-
-def join(*parts: str) -> str:
-    return "/".join(p.rstrip("/") for p in parts)
 
 
 def epoch_dir(run_dir: str, epoch: int) -> str:

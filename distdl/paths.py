@@ -18,6 +18,11 @@ def absolute(path: str, base: Path | None = None) -> str:
     return os.path.normpath(os.path.join(base or Path.cwd(), path))
 
 
+def join(*parts: str) -> str:
+    """Path parts joined with "/", for local paths and URIs (s3://...) alike."""
+    return "/".join(p.rstrip("/") for p in parts)
+
+
 def filesystem(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
     """(filesystem, path inside it); local paths are made absolute."""
     if is_uri(path):

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from distdl.checkpoint import join
+from distdl.paths import join
 from distdl.paths import exists, read_bytes, write_bytes
 
 RUN_RECORD = "run.json"

@@ -16,13 +16,9 @@ import uuid
 
 import pyarrow.fs
 
-from distdl.paths import filesystem
+from distdl.paths import filesystem, join
 
 TMP_PREFIX = ".tmp-"
-
-
-def join(*parts: str) -> str:
-    return "/".join(p.rstrip("/") for p in parts)
 
 
 def commit(folder: str, name: str, content: bytes) -> None:

@@ -25,7 +25,7 @@ import pyarrow.fs
 
 from distdl.logs import say
 from distdl.paths import filesystem
-from distdl.score_commit import join
+from distdl.paths import join
 
 LOCK = "_distdl_score.lock"
 

@@ -31,7 +31,8 @@ from ray.data.datasource import Datasink
 
 from distdl.data import value_bytes
 from distdl.paths import filesystem
-from distdl.score_commit import TMP_PREFIX, commit, join
+from distdl.paths import join
+from distdl.score_commit import TMP_PREFIX, commit
 from distdl.score_lock import LOCK
 
 MANIFEST = "_distdl_score.json"

@@ -18,7 +18,7 @@ REPORT = "report.html"
 def write(run_dir: str) -> str:
     """Write ``<run_dir>/report.html`` and return its path. run.NotARunError (a ValueError) when
     ``run_dir`` holds no run; the examples section runs only when Ray is connected."""
-    from distdl.checkpoint import join
+    from distdl.paths import join
     from distdl.paths import write_bytes
     from distdl.report import examples, page, sections
     from distdl.report.run import load

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from distdl.checkpoint import join
+from distdl.paths import join
 from distdl.models import gan_step
 from distdl.models.gan import latents
 from distdl.paths import write_bytes

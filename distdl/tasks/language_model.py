@@ -17,7 +17,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from distdl.checkpoint import join
+from distdl.paths import join
 from distdl.paths import write_bytes
 from distdl.tasks.base import SAMPLES, Task
 

@@ -11,7 +11,7 @@ import json
 from typing import Optional
 
 from distdl import run_record
-from distdl.checkpoint import join
+from distdl.paths import join
 from distdl.paths import exists, is_uri, read_bytes, write_bytes
 from distdl.specbase import to_dict
 from distdl.tracking import Tracker, as_params, resolve_uri

@@ -75,15 +75,14 @@ def test_sweep_ranks_trials_and_keeps_the_best_checkpoint(ray_session, digits, t
 
 
 def test_asha_stops_a_bad_trial_after_the_grace_period(ray_session, digits, tmp_path):
-    raw = digits_raw(digits, tmp_path, "asha", epochs=2)
-    # One at a time, the good trial first: at the rung (epoch 1: grace period 1, reduction factor
-    # 2, 2 epochs) the bad one is below the cutoff.
+    raw = digits_raw(digits, tmp_path, "asha", epochs=3)
+    # One at a time, the good trial first: at a rung (epoch 1 or 2) the bad one is below the cutoff.
     # A third trial comes after the stopped one: the stopped trial's CPUs must be free again.
     sweep = search.from_raw(raw, ["train.lr=grid:0.02,1e-9,0.01"],
                             {"trials": 1, "max_concurrent": 1, "scheduler": "asha", "grace_period": 1})
     rows = {r.values["train.lr"]: r for r in run.sweep(sweep).rows}
-    assert (rows[0.02].status, rows[0.02].epochs) == (results.FINISHED, 2)
-    assert (rows[1e-9].status, rows[1e-9].epochs) == (results.STOPPED, 1)
+    assert (rows[0.02].status, rows[0.02].epochs) == (results.FINISHED, 3)
+    assert rows[1e-9].status == results.STOPPED and 1 <= rows[1e-9].epochs < 3  # at a rung: epoch 1 or 2
     assert rows[0.01].status != results.FAILED and rows[0.01].epochs >= 1
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,20 +38,24 @@ def ddp_threads(world: int) -> int:
 def spawn_ranks(fn: Callable[..., float], world: int, threads: int, *args: Any, process_group: bool = True) -> float:
     """Run ``fn(rank, world, *args)`` in ``world`` fresh processes with ``threads`` torch threads
     each, joined in one gloo process group (localhost) when ``process_group``; returns rank 0's result."""
-    with socket.socket() as s:  # a free port for the rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_rank, args=(world, port, threads, process_group, fn, args, out), nprocs=world)
+    with tempfile.TemporaryDirectory(prefix="distdl-rendezvous-") as rendezvous:
+        mp.spawn(_rank, args=(world, rendezvous, threads, process_group, fn, args, out), nprocs=world)
     return out.get()
 
 
-def _rank(rank: int, world: int, port: int, threads: int, process_group: bool, fn: Callable[..., float],
+def file_rendezvous(folder: str) -> str:
+    """A process group's init_method: a file in ``folder``, never a TCP port. A free port found
+    by the parent can be taken by another process before the spawned rank 0 binds it, seconds
+    later (EADDRINUSE in a busy suite)."""
+    return f"file://{folder}/rendezvous"
+
+
+def _rank(rank: int, world: int, rendezvous: str, threads: int, process_group: bool, fn: Callable[..., float],
           args: tuple, out) -> None:
     torch.set_num_threads(threads)
     if process_group:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+        dist.init_process_group("gloo", init_method=file_rendezvous(rendezvous), rank=rank, world_size=world)
     try:
         result = fn(rank, world, *args)
         if rank == 0:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -146,10 +144,10 @@ def test_the_step_learns_a_fixed_batch(judge_path):
     assert last["train_d_loss"] != first["train_d_loss"] and last["train_g_loss"] > 0
 
 
-def _ddp_rank(rank: int, world: int, port: int, judge: str, batches: list, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _ddp_rank(rank: int, world: int, rendezvous: str, judge: str, batches: list, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A file, not a free TCP port: another process may take a port before rank 0 binds it.
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         train = train_cfg(lr=0.01)
         task, trained, optimizers = prepared(gan(judge, batchnorm=False), train, wrap=DistributedDataParallel)
@@ -171,11 +169,8 @@ def test_two_workers_take_the_same_gan_steps_as_one(judge_path, tmp_path):
     train = train_cfg(lr=0.01)
     task, trained, optimizers = prepared(gan(judge_path, batchnorm=False), train)
     one = epoch(task, trained, optimizers, batches, train)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = str(tmp_path / "two.safetensors")
-    mp.spawn(_ddp_rank, args=(2, port, judge_path, batches, out), nprocs=2)
+    mp.spawn(_ddp_rank, args=(2, str(tmp_path / "rendezvous"), judge_path, batches, out), nprocs=2)
     two = load_file(out)
     single = {f"{n}.{k}": v for n in ("generator", "discriminator") for k, v in getattr(trained, n).state_dict().items()}
     assert single.keys() == two.keys()

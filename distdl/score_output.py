@@ -30,8 +30,7 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink
 
 from distdl.data import value_bytes
-from distdl.paths import filesystem
-from distdl.paths import join
+from distdl.paths import filesystem, join
 from distdl.score_commit import TMP_PREFIX, commit
 from distdl.score_lock import LOCK
 

@@ -40,6 +40,14 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+class StartFailed(RuntimeError):
+    """A `ray start` of the cluster exited."""
+
+    def __init__(self, proc: subprocess.Popen, logs: Path):
+        super().__init__(f"`{' '.join(proc.args[:3])}` exited with {proc.returncode}; see {logs}")
+        self.proc = proc
+
+
 class LocalCluster:
     def __init__(self, logs: Path, head_cpus: int, node_cpus: int, quick_node_death: bool = False):
         """``quick_node_death``: the GCS health-checks each raylet every second and marks it dead
@@ -52,6 +60,7 @@ class LocalCluster:
         (self.gcs_port, self.dashboard_port, *self._ports) = free_ports(12)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self.procs: list[subprocess.Popen] = []
+        self.nodes: dict[str, subprocess.Popen] = {}  # each joined node's `ray start`, by its name
         self.node_ids: dict[str, str] = {}  # by add_node's name
 
     @property
@@ -65,22 +74,22 @@ class LocalCluster:
                 "RAY_AUTH_TOKEN": self.token, "RAY_USAGE_STATS_ENABLED": "0", runtime.TRAIN_POLL_INTERVAL: "0.25",
                 **(quick if self.quick_node_death else {})}
 
-    def _ray_start(self, name: str, args: list[str]) -> None:
+    def _ray_start(self, name: str, args: list[str]) -> subprocess.Popen:
         ports = [self._ports.pop() for _ in range(4)]
         # A temp dir per node, as on separate machines: one shared logs folder would have both
         # nodes' log monitors stream every worker's output (each line twice, twice the work).
         cmd = [str(VENV_BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-               f"--temp-dir={self.temp_dir}/{name}", f"--dashboard-agent-listen-port={ports[0]}",
+               f"--node-name={name}", f"--temp-dir={self.temp_dir}/{name}", f"--dashboard-agent-listen-port={ports[0]}",
                f"--dashboard-agent-grpc-port={ports[1]}", f"--runtime-env-agent-port={ports[2]}",
                f"--metrics-export-port={ports[3]}", *args]
         log = open(self.logs / f"{name}.log", "w")
-        self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True))
+        proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
 
     def start(self, timeout_s: float = 300) -> None:
         self._start_head([], timeout_s)
-        self._ray_start("node", [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={self.node_cpus}"])
-        self._wait_for_nodes(2, timeout_s)
+        self._join("node", self.node_cpus, timeout_s)
 
     def start_alone(self, timeout_s: float = 300) -> None:
         """The head only: nodes join later (add_node)."""
@@ -88,22 +97,49 @@ class LocalCluster:
 
     def add_node(self, name: str, cpus: int, timeout_s: float = 120) -> str:
         """One more raylet, ``name``, joining the running cluster (as a machine an autoscaler
-        adds); its node id. Waiting for a new id, not for one more node alive: a node killed
-        just before is still counted alive until the GCS's health checks mark it dead."""
-        before = {node["node_id"] for node in self.alive_nodes()}
+        adds); its node id."""
         self._ports.extend(free_ports(4))
-        self._ray_start(name, [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={cpus}"])
-        joined = self._wait_until(lambda nodes: [n["node_id"] for n in nodes if n["node_id"] not in before],
-                                  f"node {name!r} joined", timeout_s)
-        self.node_ids[name] = joined[0]
-        return joined[0]
+        self.node_ids[name] = self._join(name, cpus, timeout_s)
+        return self.node_ids[name]
+
+    def _join(self, name: str, cpus: int, timeout_s: float) -> str:
+        """Start raylet ``name`` joining the head; its node id once the GCS has it alive.
+
+        Ray gives a joining raylet 30 s to register with the GCS (fixed in ray/_private/node.py);
+        on a busy 2-core machine that is sometimes too little, and its `ray start` exits 1.
+        Then that attempt's processes are killed (its logs kept in the cluster's logs folder),
+        and a second raylet joins under another name.
+        Nodes are told apart by name, not by counting: a node killed just before is still
+        counted alive until the GCS's health checks mark it dead."""
+        for attempt in (name, f"{name}-2"):
+            proc = self._ray_start(attempt, [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={cpus}"])
+            try:
+                joined = self._wait_until(lambda nodes: [n["node_id"] for n in nodes if n["node_name"] == attempt],
+                                          f"node {attempt!r} joined", timeout_s)
+            except StartFailed as failed:
+                if failed.proc is not proc or attempt != name:
+                    raise
+                self._kill_session(proc)
+                raylet_logs = Path(self.temp_dir, attempt, "session_latest", "logs")
+                if raylet_logs.is_dir():  # why it did not register (the temp dir goes at stop())
+                    shutil.copytree(raylet_logs, self.logs / f"{attempt}-logs", ignore_dangling_symlinks=True)
+                self._ports.extend(free_ports(4))
+                continue
+            self.nodes[name] = proc
+            return joined[0]
+        raise AssertionError("unreachable")
 
     def kill_node(self, name: str, timeout_s: float = 120) -> None:
         """SIGKILL raylet ``name`` and every process of its session (its workers) at once, as when
         its machine dies: nothing is drained, and the GCS finds out by its health checks. Returns
         once the GCS has marked it dead (~3 s with quick_node_death, ~15 s without), so that what
         runs next is never scheduled onto a node that is gone."""
-        leader = next(p for p in self.procs if f"--temp-dir={self.temp_dir}/{name}" in p.args)
+        self._kill_session(self.nodes.pop(name))
+        node_id = self.node_ids.pop(name)
+        self._wait_until(lambda nodes: all(n["node_id"] != node_id for n in nodes), f"node {name!r} dead", timeout_s)
+
+    def _kill_session(self, leader: subprocess.Popen) -> None:
+        """SIGKILL a node's `ray start` (``leader``) and every process in its session."""
         for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
             try:
                 if os.getsid(pid) == leader.pid:
@@ -112,8 +148,6 @@ class LocalCluster:
                 pass
         leader.wait()
         self.procs.remove(leader)  # gone for good: not a `ray start` that failed (_wait_until)
-        node_id = self.node_ids.pop(name)
-        self._wait_until(lambda nodes: all(n["node_id"] != node_id for n in nodes), f"node {name!r} dead", timeout_s)
 
     def _start_head(self, args: list[str], timeout_s: float) -> None:
         self._ray_start("head", ["--head", f"--port={self.gcs_port}", f"--dashboard-port={self.dashboard_port}",
@@ -153,7 +187,7 @@ class LocalCluster:
         while not (result := found(self.alive_nodes())):
             for p in self.procs:
                 if p.poll() is not None:
-                    raise RuntimeError(f"`{' '.join(p.args[:3])}` exited with {p.returncode}; see {self.logs}")
+                    raise StartFailed(p, self.logs)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the Ray cluster: not {what} after {timeout_s:.0f}s; see {self.logs}")
             time.sleep(1)

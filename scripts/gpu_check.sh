@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU paths end to end on one machine with a GPU (CI never has one): training in bf16 on a
-# GPU worker (DDP on NCCL), scoring on a GPU actor, scoring throughput on the GPU against the
+# GPU worker (DDP on NCCL), scoring on a GPU actor with torch and with onnxruntime (the onnx
+# backend, compared with torch's scores), scoring throughput on the GPU against the
 # plain loop, then serving from a GPU replica (last: it needs curl, which a bare image may
 # lack). GPUS=0 rehearses every step on CPU, to check this script before spending GPU time.
 # Runs in a few minutes; stops at the first failure.
@@ -34,6 +35,25 @@ CKPT=$WORK/runs/cnn_digits_gpu/best
 step "score: --gpus $GPUS"
 "$PY" -m distdl score --checkpoint "$CKPT" --input data/digits/holdout.parquet --output "$WORK/scores" \
   --overwrite --gpus "$GPUS"
+
+step "score: --backend onnx --gpus $GPUS, against the torch scores above"
+# The exported model run by onnxruntime's CUDA provider (CPU provider when GPUS=0). make installs the
+# CPU-only onnxruntime: on a GPU machine the onnxruntime-gpu package must replace it.
+if [ "$USE_GPU" = true ] && ! "$PY" -c 'import onnxruntime as o, sys; sys.exit("CUDAExecutionProvider" not in o.get_available_providers())'; then
+  echo "this onnxruntime has no CUDAExecutionProvider: pip install onnxruntime-gpu, then run again" >&2; exit 1
+fi
+"$PY" -m distdl score --checkpoint "$CKPT" --input data/digits/holdout.parquet --output "$WORK/scores_onnx" \
+  --overwrite --gpus "$GPUS" --backend onnx
+"$PY" - "$WORK/scores" "$WORK/scores_onnx" <<'PARITY'
+import sys
+import pyarrow.parquet as pq
+torch_rows, onnx_rows = (pq.read_table(d, columns=["id", "label", "probability"]).sort_by("id").to_pydict() for d in sys.argv[1:])
+assert torch_rows["id"] == onnx_rows["id"], "the two outputs hold different rows"
+delta = max(abs(a - b) for a, b in zip(torch_rows["probability"], onnx_rows["probability"]))
+same = sum(a == b for a, b in zip(torch_rows["label"], onnx_rows["label"])) / len(torch_rows["label"])
+print(f"onnx vs torch over {len(torch_rows['id'])} rows: labels agree on {same:.2%}, max |d probability| {delta:.2e}")
+assert same >= 0.99 and delta <= 1e-2, "the onnx backend's scores differ from torch's"
+PARITY
 
 step "scoring throughput: ResNet-18 32x32, $ROWS rows"
 # One GPU actor decodes rows on one CPU; a quarter GPU each lets four decode for the same GPU.

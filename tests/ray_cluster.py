@@ -40,6 +40,17 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def sigkill_sessions(sessions: set[int]) -> None:
+    """SIGKILL every process whose session id is in ``sessions`` (start_new_session: each
+    `ray start`'s session id is its own pid)."""
+    for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
+        try:
+            if os.getsid(pid) in sessions:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # gone already, or not ours
+
+
 class StartFailed(RuntimeError):
     """A `ray start` of the cluster exited."""
 
@@ -57,7 +68,8 @@ class LocalCluster:
         self.token = secrets.token_hex(32)
         # Short: Ray's unix socket paths live under it and must stay under 108 characters.
         self.temp_dir = tempfile.mkdtemp(prefix="ddr-", dir="/tmp")
-        (self.gcs_port, self.dashboard_port, *self._ports) = free_ports(12)
+        # The head's 5 other ports; each joining node's 4 are picked as it joins (_join).
+        (self.gcs_port, self.dashboard_port, *self._ports) = free_ports(7)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self.procs: list[subprocess.Popen] = []
         self.nodes: dict[str, subprocess.Popen] = {}  # each joined node's `ray start`, by its name
@@ -98,7 +110,6 @@ class LocalCluster:
     def add_node(self, name: str, cpus: int, timeout_s: float = 120) -> str:
         """One more raylet, ``name``, joining the running cluster (as a machine an autoscaler
         adds); its node id."""
-        self._ports.extend(free_ports(4))
         self.node_ids[name] = self._join(name, cpus, timeout_s)
         return self.node_ids[name]
 
@@ -112,6 +123,7 @@ class LocalCluster:
         Nodes are told apart by name, not by counting: a node killed just before is still
         counted alive until the GCS's health checks mark it dead."""
         for attempt in (name, f"{name}-2"):
+            self._ports.extend(free_ports(4))
             proc = self._ray_start(attempt, [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={cpus}"])
             try:
                 joined = self._wait_until(lambda nodes: [n["node_id"] for n in nodes if n["node_name"] == attempt],
@@ -123,7 +135,6 @@ class LocalCluster:
                 raylet_logs = Path(self.temp_dir, attempt, "session_latest", "logs")
                 if raylet_logs.is_dir():  # why it did not register (the temp dir goes at stop())
                     shutil.copytree(raylet_logs, self.logs / f"{attempt}-logs", ignore_dangling_symlinks=True)
-                self._ports.extend(free_ports(4))
                 continue
             self.nodes[name] = proc
             return joined[0]
@@ -140,12 +151,7 @@ class LocalCluster:
 
     def _kill_session(self, leader: subprocess.Popen) -> None:
         """SIGKILL a node's `ray start` (``leader``) and every process in its session."""
-        for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
-            try:
-                if os.getsid(pid) == leader.pid:
-                    os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        sigkill_sessions({leader.pid})
         leader.wait()
         self.procs.remove(leader)  # gone for good: not a `ray start` that failed (_wait_until)
 
@@ -204,12 +210,7 @@ class LocalCluster:
         deadline = time.monotonic() + grace_s
         while any(p.poll() is None for p in self.procs) and time.monotonic() < deadline:
             time.sleep(0.5)
-        for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
-            try:
-                if os.getsid(pid) in sessions:
-                    os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass  # gone already, or not ours
+        sigkill_sessions(sessions)
         for p in self.procs:
             p.wait()
         self.procs = []  # stopped: a second stop() has nothing to do

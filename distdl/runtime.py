@@ -13,6 +13,7 @@ from distdl.logs import say
 from distdl.paths import is_uri
 
 TRAIN_POLL_INTERVAL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 # Whether connect() started the Ray this process uses: an embedded Ray can never gain a node.
 _embedded = False
@@ -32,6 +33,10 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> No
         # interval takes seconds off every run (docs/training.md). Ray's processes inherit this
         # environment; a value the user set wins.
         os.environ.setdefault(TRAIN_POLL_INTERVAL, "0.25")
+        # Ray Train starts a preemption watcher actor with every worker group, to notice a cloud
+        # node being drained. The embedded Ray is this one machine and is never drained: the
+        # watcher would be one more process (about 1.5 CPU-s) per run for nothing.
+        os.environ.setdefault(PREEMPTION_WATCHER, "0")
         # "local": a new embedded Ray even when a `ray start` cluster runs on this machine
         # (address=None would silently join it). The dashboard serves Ray's state API, which Ray
         # Train 2.60's placement-group cleaner polls: without it every training job logged

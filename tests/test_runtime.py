@@ -66,11 +66,11 @@ def test_an_existing_cluster_may_still_gain_the_node_so_it_is_only_told(ray_sess
         "each scoring actor waits until such a node joins (an autoscaler adding one); Ctrl-C stops\n")
 
 
-def test_the_embedded_rays_workers_poll_training_workers_often(ray_session):
-    """Ray Train's controller reads the interval in its own worker process."""
+def test_the_embedded_rays_workers_poll_training_workers_often_and_watch_for_no_preemption(ray_session):
+    """Ray Train's controller reads both settings in its own worker process."""
     @ray_session.remote(num_cpus=0)
-    def interval() -> str | None:
+    def settings() -> tuple[str | None, str | None]:
         import os
-        return os.environ.get(runtime.TRAIN_POLL_INTERVAL)
+        return os.environ.get(runtime.TRAIN_POLL_INTERVAL), os.environ.get(runtime.PREEMPTION_WATCHER)
 
-    assert ray_session.get(interval.remote()) == "0.25"
+    assert ray_session.get(settings.remote()) == ("0.25", "0")

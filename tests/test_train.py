@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 
 import hooks
 import numpy as np
@@ -10,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray.cloudpickle
+from ray.util.state import list_actors
 
 from distdl import checkpoint, data, spec as specmod, train
 from distdl.collate import to_tensors
@@ -81,6 +83,8 @@ def test_two_workers_take_the_steps_of_one_process(ray_session, tiny, tmp_path):
     batch = to_tensors(pre({"image": np.array([np.array(im, np.uint8) for im in rows["image"]]),
                             "label": np.array(rows["label"])}))
     assert_same_parameters(trained, replay(spec, pre, meta, batch))
+    # The embedded Ray is never drained: Ray Train started no preemption watcher (distdl.runtime).
+    assert not list_actors(filters=[("class_name", "=", "PreemptionWatcher")])
 
 
 def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_session, tiny, tmp_path):
@@ -94,19 +98,6 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_session, tiny, tm
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert np.sum(rows[-1]["val_confusion"]) == 16 and set(rows[-1]["val_per_class"]) == {"0", "1", "2", "3"}
     assert summary.epochs == 3
-
-
-def test_an_interrupted_run_continues_at_the_next_epoch(ray_session, tiny, tmp_path):
-    spec = tiny_spec(tiny, tmp_path, "resumed")
-    with pytest.raises(train.TrainingError, match="interrupted at epoch 2"):
-        train.run(spec, step_hook=hooks.Interrupt(tmp_path / "first.log", epoch=2))
-    assert checkpoint.latest(spec.run_dir).endswith("epoch_0001")
-    log = hooks.EpochLog(tmp_path / "second.log")
-    summary = train.run(spec, step_hook=log)
-    assert log.epochs() == [2, 3]
-    assert summary.resumed_from.endswith("epoch_0001")
-    assert [r["epoch"] for r in history(spec.run_dir)] == [1, 2, 3]
-    assert train.run(spec).epochs == 3  # a finished run is left as it is
 
 
 def test_a_plateau_stops_the_run_early_on_every_rank_and_stays_stopped(ray_session, tiny, tmp_path):
@@ -128,26 +119,49 @@ def test_a_plateau_stops_the_run_early_on_every_rank_and_stays_stopped(ray_sessi
     assert again.epochs == 3 and again.stopped_early == summary.stopped_early
 
 
+@dataclass
+class Continued:
+    spec: specmod.JobSpec
+    newest_when_interrupted: str  # the run's newest checkpoint right after the interruption
+    summary: train.Summary  # of the run that continued it
+    retrained: list[int]  # the epochs that run trained
+
+
 @pytest.fixture(scope="module")
-def kept(ray_session, tiny, tmp_path_factory) -> tuple[specmod.JobSpec, train.Summary]:
-    """One finished 4-epoch run that keeps the newest 2 checkpoints and the best by val_loss."""
-    spec = tiny_spec(tiny, tmp_path_factory.mktemp("kept"), "keep", train={"epochs": 4},
+def continued(ray_session, tiny, tmp_path_factory) -> Continued:
+    """One 4-epoch run that keeps the newest 2 checkpoints and the best by val_loss, stopped at the
+    start of epoch 2 and then run again to the end."""
+    logs = tmp_path_factory.mktemp("continued_logs")
+    spec = tiny_spec(tiny, tmp_path_factory.mktemp("continued"), "keep", train={"epochs": 4},
                      checkpoint={"keep": 2, "best_metric": "val_loss"})
-    return spec, train.run(spec)
+    with pytest.raises(train.TrainingError, match="interrupted at epoch 2"):
+        train.run(spec, step_hook=hooks.Interrupt(logs / "first.log", epoch=2))
+    newest = checkpoint.latest(spec.run_dir)
+    log = hooks.EpochLog(logs / "second.log")
+    return Continued(spec, newest, train.run(spec, step_hook=log), log.epochs())
 
 
-def test_keep_k_and_best_copy(kept):
-    spec, summary = kept
+def test_an_interrupted_run_continues_at_the_next_epoch(continued):
+    spec, summary = continued.spec, continued.summary
+    assert continued.newest_when_interrupted.endswith("epoch_0001")
+    assert continued.retrained == [2, 3, 4]
+    assert summary.resumed_from.endswith("epoch_0001")
+    assert [r["epoch"] for r in history(spec.run_dir)] == [1, 2, 3, 4]
+    assert train.run(spec).epochs == 4  # a finished run is left as it is
+
+
+def test_keep_k_and_best_copy(continued):
+    spec, summary = continued.spec, continued.summary
     kept_dirs = [p.rsplit("/", 1)[1] for p in checkpoint.list_checkpoints(spec.run_dir)]
     assert kept_dirs == ["epoch_0003", "epoch_0004"]
-    losses = {r["epoch"]: r["val_loss"] for r in history(spec.run_dir)}
+    losses = {r["epoch"]: r["val_loss"] for r in history(spec.run_dir)}  # epoch 1's from before the interruption
     assert summary.best_epoch == min(losses, key=losses.get)
     best_state, _ = checkpoint.load_train_state(checkpoint.best_dir(spec.run_dir))
     assert best_state["epoch"] == summary.best_epoch
 
 
-def test_resuming_with_a_different_model_is_refused(kept, tiny):
-    spec, _ = kept
+def test_resuming_with_a_different_model_is_refused(continued, tiny):
+    spec = continued.spec
     with pytest.raises(train.TrainingError, match="Use a new name"):
         train.run(tiny_spec(tiny, spec.storage, spec.name, model={"width": 8}))
 

@@ -79,8 +79,11 @@ class LocalCluster:
     def env(self) -> dict[str, str]:
         """The cluster's environment: this venv's `python` and `ray`, token auth, no PYTHONPATH
         (a job imports distdl only from what it ships), and Ray Train's worker polls as often
-        as on the embedded Ray (runtime.connect), since both nodes are this one machine."""
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
+        as on the embedded Ray (runtime.connect), since both nodes are this one machine. Ray
+        Train's preemption watcher stays on, as on any cluster, even when the embedded Ray of
+        the process starting the cluster turned it off."""
+        unset = ("PYTHONPATH", "RAY_ADDRESS", runtime.PREEMPTION_WATCHER)
+        env = {k: v for k, v in os.environ.items() if k not in unset}
         quick = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
         return {**env, "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", "RAY_AUTH_MODE": "token",
                 "RAY_AUTH_TOKEN": self.token, "RAY_USAGE_STATS_ENABLED": "0", runtime.TRAIN_POLL_INTERVAL: "0.25",

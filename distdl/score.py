@@ -247,9 +247,12 @@ def scoring_actors() -> dict[str, str] | None:
     None where this Ray has no dashboard to serve it: the output stands without the record."""
     from ray.util.state import list_actors
 
+    context = ray.get_runtime_context()
     try:
-        actors = list_actors(filters=[("job_id", "=", ray.get_runtime_context().get_job_id())], limit=10_000,
-                             raise_on_missing_output=False)
+        # This Ray's address, given: without it the state API looks for a Ray on this machine
+        # itself, and fails when it finds two (a second embedded Ray, another job's).
+        actors = list_actors(address=context.gcs_address, filters=[("job_id", "=", context.get_job_id())],
+                             limit=10_000, raise_on_missing_output=False)
     except Exception:  # noqa: BLE001 - Ray raises several kinds when its dashboard is off
         return None
     # "MapWorker(MapBatches(Predictor))", or with the resume filter fused in front of it

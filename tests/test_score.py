@@ -54,6 +54,9 @@ def test_every_row_comes_out_once_and_bad_rows_carry_an_error(ckpt, digits, with
         f"rows in: {len(rows)}  rows scored: {len(rows) - 1}  rows with errors: 1  ({len(rows)} this run, "
         f"{len(rows) / summary.seconds:,.0f} rows/s)",
         f"  e.g. {rows[bad_id]['error']}", "  (each row's reason is in the output's error column)"]
+    # The pool, as Ray's state API saw it: found under `make test` too, where each pytest worker
+    # runs a Ray of its own on the same machine.
+    assert summary.actors and set(summary.actors) == {ray.get_runtime_context().get_node_id()}, summary.actors
 
 
 def test_predictions_keep_their_types_in_a_part_whose_rows_all_failed(ckpt, digits, tmp_path):

@@ -84,7 +84,8 @@ def test_two_workers_take_the_steps_of_one_process(ray_session, tiny, tmp_path):
                             "label": np.array(rows["label"])}))
     assert_same_parameters(trained, replay(spec, pre, meta, batch))
     # The embedded Ray is never drained: Ray Train started no preemption watcher (distdl.runtime).
-    assert not list_actors(filters=[("class_name", "=", "PreemptionWatcher")])
+    assert not list_actors(address=ray_session.get_runtime_context().gcs_address,
+                           filters=[("class_name", "=", "PreemptionWatcher")])
 
 
 def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_session, tiny, tmp_path):

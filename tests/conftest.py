@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["cpu_by_test"]  # --cpu-by-test
+
 # The suite always runs more torch threads than the 2 cores it has (two pytest workers, each
 # with Ray workers, servers and subprocesses). libgomp's threads spin while they wait for work,
 # on cores another process needs: two processes with 2 torch threads each ran a ResNet-18

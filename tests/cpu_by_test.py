@@ -115,8 +115,7 @@ class Timeline:
 
 
 class CpuByTest:
-    def __init__(self, config: pytest.Config):
-        self.config = config
+    def __init__(self):
         self.pid_dir = Path(tempfile.mkdtemp(prefix="cpu-by-test-"))
         os.environ[PID_DIR] = str(self.pid_dir)  # the workers, started after this, inherit it
         self.sampler = Sampler(self.pid_dir)
@@ -164,4 +163,4 @@ def pytest_configure(config: pytest.Config) -> None:
     if worker:  # a worker: tell the controller which process it is
         Path(os.environ[PID_DIR], worker).write_text(str(os.getpid()))
     else:
-        config.pluginmanager.register(CpuByTest(config), "cpu_by_test_sampler")
+        config.pluginmanager.register(CpuByTest(), "cpu_by_test_sampler")

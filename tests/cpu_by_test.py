@@ -99,18 +99,23 @@ class Timeline:
 
     def __init__(self):
         self.phases: dict[str, list[tuple[float, float, str]]] = collections.defaultdict(list)
+        self._starts: dict[str, list[float]] = {}  # a worker's phases' starts, in order: made by the first lookup
 
     def add(self, report: pytest.TestReport) -> None:
         node = getattr(report, "node", None)  # the xdist worker that sent it
         worker = node.gateway.id if node is not None else CONTROLLER
         self.phases[worker].append((report.start, report.stop, report.nodeid))
+        self._starts.pop(worker, None)
 
     def test_at(self, worker: str, when: float) -> str:
-        """The test running on ``worker`` at ``when`` (phases sorted by start); between two, the one that ran last."""
+        """The test running on ``worker`` at ``when``; between two, the one that ran last."""
         phases = self.phases.get(worker, [])
         if not phases:
             return f"({worker}: no test)"
-        i = bisect.bisect_right([start for start, _, _ in phases], when) - 1
+        if worker not in self._starts:
+            phases.sort()
+            self._starts[worker] = [start for start, _, _ in phases]
+        i = bisect.bisect_right(self._starts[worker], when) - 1
         return phases[i][2] if i >= 0 else f"({worker}: before its first test)"
 
 
@@ -130,8 +135,6 @@ class CpuByTest:
         self.sampler.stop()
         shutil.rmtree(self.pid_dir, ignore_errors=True)
         wall = time.time() - self.started
-        for phases in self.timeline.phases.values():
-            phases.sort()
         per_test: collections.Counter = collections.Counter()
         for when, spent in self.sampler.samples:
             for worker, ticks in spent.items():

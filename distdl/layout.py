@@ -70,6 +70,12 @@ class Layout:
         """ScalingConfig(num_workers=...): a (min, max) tuple turns on Ray Train's elastic group."""
         return self.num_workers if self.max_workers is None else (self.num_workers, self.max_workers)
 
+    @property
+    def splits_data(self) -> bool:
+        """Whether the datasets are split over several workers. One fixed worker reads them whole:
+        Ray's split would start a coordinator actor per dataset (~2.4 CPU-s each) to feed one reader."""
+        return self.max_workers is not None or self.num_workers > 1
+
     def describe(self) -> str:
         device = f"{self.gpus_per_worker:g} GPU + " if self.use_gpu else ""
         workers = str(self.num_workers) if self.max_workers is None else f"{self.num_workers}..{self.max_workers}"

@@ -2,7 +2,7 @@
 
 The path of a batch: data.train_val reads raw rows -> the family's preprocessor is fitted on
 the driver -> ``map_batches(preprocessor)`` (+ augmentation for training) -> TorchTrainer
-splits the stream over workers -> loop.train_loop_per_worker pulls ``iter_torch_batches``
+splits the stream over workers (one worker reads it whole) -> loop.train_loop_per_worker pulls ``iter_torch_batches``
 -> the task's loss (tasks/) -> DDP step.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 import ray
 import ray.data
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
 from distdl import capacity, checkpoint, class_weights, data, early_stop, elastic, models, node_watch, progress, runtime
@@ -109,6 +109,7 @@ def _trainer(spec: JobSpec, layout: Layout, datasets: dict, config: dict,
             callbacks=callbacks,
         ),
         datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split="all" if layout.splits_data else []),
     )
 
 

@@ -71,6 +71,12 @@ def test_an_elastic_range_is_sized_for_its_min_and_handed_to_ray_as_a_tuple():
     assert resolve(ScalingSpec(num_workers=2), cluster(nodes=2)).ray_num_workers == 2
 
 
+def test_only_one_fixed_worker_reads_the_datasets_whole():
+    assert not resolve(ScalingSpec(num_workers=1), cluster()).splits_data
+    assert resolve(ScalingSpec(num_workers=2, cpus_per_worker=1), cluster(nodes=2)).splits_data
+    assert resolve(ScalingSpec(num_workers=WorkerRange(min=1, max=2), cpus_per_worker=1), cluster(cpus=3)).splits_data
+
+
 def test_an_elastic_min_that_would_reserve_every_cpu_is_refused():
     with pytest.raises(LayoutError, match="Ray Data would get none"):
         resolve(ScalingSpec(num_workers=WorkerRange(min=2, max=3), cpus_per_worker=1), cluster(cpus=2))

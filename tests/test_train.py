@@ -55,16 +55,25 @@ def history(run_dir: str) -> list[dict]:
     return [json.loads(line) for line in open(f"{run_dir}/{checkpoint.METRICS}")]
 
 
+def split_coordinators(ray_session) -> int:
+    """Ray Data's SplitCoordinator actors this Ray has started so far, alive or dead."""
+    return len(list_actors(address=ray_session.get_runtime_context().gcs_address, limit=10_000,
+                           filters=[("class_name", "=", "SplitCoordinator")]))
+
+
 def test_cnn_learns_digits_well_above_chance(ray_session, digits, tmp_path):
     spec = specmod.parse({
         "name": "digits", "storage": str(tmp_path), "data": {"train": str(digits["train"]), "val_fraction": 0.2},
         "model": {"arch": "smallcnn", "width": 16}, "preprocess": {"image_size": 16, "channels": 1},
         "train": {"epochs": 3, "batch_size": 64, "lr": 0.005},
     })
+    coordinators = split_coordinators(ray_session)
     summary = train.run(spec)
     rows = history(spec.run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    # One worker reads the datasets whole: no split, so no coordinator actor (distdl.layout).
+    assert split_coordinators(ray_session) == coordinators
     assert summary.best_value > 0.6  # 10 classes: chance is 0.1
     assert rows[-1]["val_top5"] >= rows[-1]["val_accuracy"]
     assert all(0 < r["epoch_s"] < summary.wall_s for r in rows)
@@ -83,6 +92,7 @@ def test_two_workers_take_the_steps_of_one_process(ray_session, tiny, tmp_path):
     batch = to_tensors(pre({"image": np.array([np.array(im, np.uint8) for im in rows["image"]]),
                             "label": np.array(rows["label"])}))
     assert_same_parameters(trained, replay(spec, pre, meta, batch))
+    assert split_coordinators(ray_session) >= 2  # train and val, each split over the two workers
     # The embedded Ray is never drained: Ray Train started no preemption watcher (distdl.runtime).
     assert not list_actors(address=ray_session.get_runtime_context().gcs_address,
                            filters=[("class_name", "=", "PreemptionWatcher")])

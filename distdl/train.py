@@ -2,8 +2,8 @@
 
 The path of a batch: data.train_val reads raw rows -> the family's preprocessor is fitted on
 the driver -> ``map_batches(preprocessor)`` (+ augmentation for training) -> TorchTrainer
-splits the stream over workers (one worker reads it whole) -> loop.train_loop_per_worker pulls ``iter_torch_batches``
--> the task's loss (tasks/) -> DDP step.
+splits the stream over workers (one worker reads it whole) -> loop.train_loop_per_worker
+pulls ``iter_torch_batches`` -> the task's loss (tasks/) -> DDP step.
 """
 from __future__ import annotations
 

@@ -55,10 +55,10 @@ def history(run_dir: str) -> list[dict]:
     return [json.loads(line) for line in open(f"{run_dir}/{checkpoint.METRICS}")]
 
 
-def split_coordinators(ray_session) -> int:
-    """Ray Data's SplitCoordinator actors this Ray has started so far, alive or dead."""
+def started(ray_session, actor_class: str) -> int:
+    """How many actors of ``actor_class`` the session's Ray has started so far, alive or dead."""
     return len(list_actors(address=ray_session.get_runtime_context().gcs_address, limit=10_000,
-                           filters=[("class_name", "=", "SplitCoordinator")]))
+                           filters=[("class_name", "=", actor_class)]))
 
 
 def test_cnn_learns_digits_well_above_chance(ray_session, digits, tmp_path):
@@ -67,13 +67,13 @@ def test_cnn_learns_digits_well_above_chance(ray_session, digits, tmp_path):
         "model": {"arch": "smallcnn", "width": 16}, "preprocess": {"image_size": 16, "channels": 1},
         "train": {"epochs": 3, "batch_size": 64, "lr": 0.005},
     })
-    coordinators = split_coordinators(ray_session)
+    coordinators = started(ray_session, "SplitCoordinator")
     summary = train.run(spec)
     rows = history(spec.run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     # One worker reads the datasets whole: no split, so no coordinator actor (distdl.layout).
-    assert split_coordinators(ray_session) == coordinators
+    assert started(ray_session, "SplitCoordinator") == coordinators
     assert summary.best_value > 0.6  # 10 classes: chance is 0.1
     assert rows[-1]["val_top5"] >= rows[-1]["val_accuracy"]
     assert all(0 < r["epoch_s"] < summary.wall_s for r in rows)
@@ -85,7 +85,7 @@ def test_two_workers_take_the_steps_of_one_process(ray_session, tiny, tmp_path):
     parameters of the same three steps taken by the worker loop in this process over all 32
     rows, so sharding and DDP averaging are both right."""
     spec = tiny_spec(tiny, tmp_path, "ddp2", scaling={"num_workers": 2})
-    coordinators = split_coordinators(ray_session)
+    coordinators = started(ray_session, "SplitCoordinator")
     train.run(spec)
     assert [r["train_samples"] for r in history(spec.run_dir)] == [32, 32, 32]
     trained, pre, meta = checkpoint.load_model(checkpoint.latest(spec.run_dir))
@@ -93,10 +93,9 @@ def test_two_workers_take_the_steps_of_one_process(ray_session, tiny, tmp_path):
     batch = to_tensors(pre({"image": np.array([np.array(im, np.uint8) for im in rows["image"]]),
                             "label": np.array(rows["label"])}))
     assert_same_parameters(trained, replay(spec, pre, meta, batch))
-    assert split_coordinators(ray_session) == coordinators + 2  # train and val, each split over the two workers
+    assert started(ray_session, "SplitCoordinator") == coordinators + 2  # train and val, each split over the two workers
     # The embedded Ray is never drained: Ray Train started no preemption watcher (distdl.runtime).
-    assert not list_actors(address=ray_session.get_runtime_context().gcs_address,
-                           filters=[("class_name", "=", "PreemptionWatcher")])
+    assert not started(ray_session, "PreemptionWatcher")
 
 
 def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_session, tiny, tmp_path):

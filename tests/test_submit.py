@@ -119,9 +119,10 @@ def test_a_job_imports_the_distdl_it_shipped(ray_cluster, spec_dir, monkeypatch)
     job_id = jobs.client.submit_job(entrypoint="python -c 'import distdl; print(distdl.__file__)'",
                                     runtime_env=submit.runtime_env(spec_dir))
     assert jobs.wait(job_id) == "SUCCEEDED"
-    # On a loaded machine the last line can reach the job's log a moment after the status.
-    imported = wait_for(lambda: "__init__.py" in jobs.logs(job_id), "the job's output") and \
-        jobs.logs(job_id).strip().splitlines()[-1]
+    # On a loaded machine the printed line can reach the job's log a moment after the status,
+    # and before or after the supervisor's own "Running entrypoint ..." line.
+    imported = wait_for(lambda: next((line for line in jobs.logs(job_id).splitlines()
+                                      if line.endswith("__init__.py")), None), "the job's output")
     assert imported.startswith(ray_cluster.temp_dir) and "/py_modules_files/" in imported
 
 

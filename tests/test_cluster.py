@@ -217,10 +217,11 @@ def driver_env(cluster) -> dict[str, str]:
     return {**client_env(cluster), "RAY_ADDRESS": f"127.0.0.1:{cluster.gcs_port}", "RAY_AUTH_MODE": "token"}
 
 
-def scoring_actors(cluster, on: str | None = None) -> list[dict]:
-    """The live scoring actors of any job on the cluster (on node ``on``, when given)."""
+def scoring_actors(cluster, on: str | None = None, alive: bool = True) -> list[dict]:
+    """The live (or, with ``alive`` false, all) scoring actors of any job on the cluster (on node
+    ``on``, when given)."""
     actors = cluster.get("/api/v0/actors", detail="true", limit=10000)["data"]["result"]["result"]
-    return [a for a in actors if "MapBatches(Predictor)" in a["class_name"] and a["state"] == "ALIVE"
+    return [a for a in actors if "MapBatches(Predictor)" in a["class_name"] and (a["state"] == "ALIVE" or not alive)
             and on in (None, a["node_id"])]
 
 
@@ -238,11 +239,17 @@ def test_a_node_lost_mid_scoring_still_leaves_every_row_exactly_once(trained, pr
                             "--output", str(out), "--cpus", "2", "--min-actors", "3", "--max-actors", "3"],
                            env=driver_env(ray_cluster), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        def scoring_on_the_scorer() -> list[dict]:
+        def scoring_on_the_scorer() -> bool:
             committed = list(out.glob(f"{score_output.PART_PREFIX}*.parquet")) if out.exists() else []
-            return committed and scoring_actors(ray_cluster, on=scorer)
+            return bool(committed and scoring_actors(ray_cluster, on=scorer)) or job.poll() is not None
 
-        wait_for(scoring_on_the_scorer, "a scoring actor on the third node, and a first part", 300)
+        try:
+            wait_for(scoring_on_the_scorer, "a scoring actor on the third node, and a first part")
+        except AssertionError as waited_too_long:
+            job.kill()
+            placed = [(a["node_id"] == scorer, a["state"]) for a in scoring_actors(ray_cluster, alive=False)]
+            raise AssertionError(f"{waited_too_long}; scoring actors (on the third node?, state): {placed}; "
+                                 f"the job printed:\n{job.communicate()[0][-3000:]}") from None
         assert job.poll() is None, "the job ended before the node could die; make the input bigger"
         ray_cluster.kill_node("scorer")
         printed, _ = job.communicate(timeout=600)

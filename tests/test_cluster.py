@@ -250,7 +250,8 @@ def test_a_node_lost_mid_scoring_still_leaves_every_row_exactly_once(trained, pr
             placed = [(a["node_id"] == scorer, a["state"]) for a in scoring_actors(ray_cluster, alive=False)]
             raise AssertionError(f"{waited_too_long}; scoring actors (on the third node?, state): {placed}; "
                                  f"the job printed:\n{job.communicate()[0][-3000:]}") from None
-        assert job.poll() is None, "the job ended before the node could die; make the input bigger"
+        assert job.poll() is None, (f"the job ended (exit {job.returncode}) before the node could die (exit 0: make "
+                                    f"the input bigger); it printed:\n{job.communicate()[0][-3000:]}")
         ray_cluster.kill_node("scorer")
         printed, _ = job.communicate(timeout=600)
     finally:
